@@ -1,0 +1,286 @@
+"""Forms: parse what the user typed into the structures services take.
+
+Text the user types (argument lists, KEY=VALUE lines, value lists) is parsed
+here so that each error lands next to its field; the structural rules live in
+models.py / specs.py and come back as ValidationErrors mapped onto fields.
+"""
+
+from __future__ import annotations
+
+import shlex
+
+from django import forms
+from django.core.exceptions import ValidationError
+
+from .models import PARAM_NAME, Experiment, FileAction, Strategy, name_validator
+from .values import ValueSyntaxError, infer_type, parse_values
+
+RUN_FIELDS = ("exe", "exe_args", "run_command", "run_args", "env_vars")
+BATCH_FIELDS = ("nodes", "time", "account", "queue", "batch_args")
+
+
+def _lines(text: str):
+    for number, line in enumerate((text or "").splitlines(), start=1):
+        line = line.strip()
+        if line and not line.startswith("#"):
+            yield number, line
+
+
+def parse_env_lines(text: str) -> dict[str, str]:
+    env = {}
+    for number, line in _lines(text):
+        name, sep, value = line.partition("=")
+        if not sep:
+            raise ValidationError(f"line {number}: write NAME=value")
+        env[name.strip()] = value.strip()
+    return env
+
+
+def parse_option_lines(text: str) -> dict[str, str | None]:
+    """``name=value``, ``name value`` or a bare ``name`` flag per line."""
+    options = {}
+    for _, line in _lines(text):
+        name, value = line, None
+        for separator in ("=", " "):
+            if separator in line:
+                name, value = (part.strip() for part in line.split(separator, 1))
+                break
+        options[name] = value
+    return options
+
+
+def format_option_lines(options: dict | None) -> str:
+    return "\n".join(name if value is None else f"{name}={value}" for name, value in (options or {}).items())
+
+
+class ApplyErrorsMixin:
+    def apply_errors(self, error: ValidationError) -> None:
+        """Put a service's ValidationError next to the matching fields (else on top of the form)."""
+        for key, messages in error.message_dict.items():
+            self.add_error(key if key in self.fields else None, messages)
+
+
+class ExperimentForm(ApplyErrorsMixin, forms.ModelForm):
+    class Meta:
+        model = Experiment
+        fields = ["name", "description", "launcher"]
+        widgets = {"description": forms.Textarea(attrs={"rows": 3})}
+        help_texts = {"name": "Used as a folder name: letters, digits, '_', '.', '-'."}
+
+
+class SettingsForm(ApplyErrorsMixin, forms.Form):
+    """Run settings and batch settings, shared by ensembles and hand-made members."""
+
+    exe = forms.CharField(label="Executable", max_length=4096, help_text="A program on PATH or an absolute path.")
+    exe_args = forms.CharField(
+        label="Arguments", required=False, max_length=20000, help_text="Split like a shell would; quotes keep spaces."
+    )
+    run_command = forms.CharField(
+        label="Run command", required=False, max_length=4096, help_text="e.g. srun or mpirun; empty runs the executable directly."
+    )
+    run_args = forms.CharField(
+        label="Run command options",
+        required=False,
+        widget=forms.Textarea(attrs={"rows": 2}),
+        help_text="One per line: ntasks=4, or a bare flag.",
+    )
+    env_vars = forms.CharField(
+        label="Environment", required=False, widget=forms.Textarea(attrs={"rows": 2}), help_text="One NAME=value per line."
+    )
+    nodes = forms.IntegerField(label="Nodes", required=False, min_value=1)
+    time = forms.CharField(label="Walltime", required=False, max_length=20, help_text="e.g. 1:30:00")
+    account = forms.CharField(label="Account", required=False, max_length=200)
+    queue = forms.CharField(label="Queue / partition", required=False, max_length=200)
+    batch_args = forms.CharField(
+        label="Batch options", required=False, widget=forms.Textarea(attrs={"rows": 2}), help_text="One per line: mem=4G"
+    )
+
+    def clean_exe_args(self):
+        try:
+            return shlex.split(self.cleaned_data["exe_args"])
+        except ValueError as error:
+            raise ValidationError(f"Cannot split the arguments: {error}.") from None
+
+    def clean_env_vars(self):
+        return parse_env_lines(self.cleaned_data["env_vars"])
+
+    def clean_run_args(self):
+        return parse_option_lines(self.cleaned_data["run_args"])
+
+    def clean_batch_args(self):
+        return parse_option_lines(self.cleaned_data["batch_args"])
+
+    def settings_spec(self) -> dict:
+        data = self.cleaned_data
+        return {
+            "run_settings": {key: data.get(key) for key in RUN_FIELDS},
+            "batch_settings": {key: data.get(key) for key in BATCH_FIELDS},
+        }
+
+    @staticmethod
+    def settings_initial(run_settings: dict, batch_settings: dict | None) -> dict:
+        run_settings, batch_settings = run_settings or {}, batch_settings or {}
+        return {
+            "exe": run_settings.get("exe", ""),
+            "exe_args": shlex.join(run_settings.get("exe_args") or []),
+            "run_command": run_settings.get("run_command", ""),
+            "run_args": format_option_lines(run_settings.get("run_args")),
+            "env_vars": "\n".join(f"{k}={v}" for k, v in (run_settings.get("env_vars") or {}).items()),
+            "nodes": batch_settings.get("nodes"),
+            "time": batch_settings.get("time", ""),
+            "account": batch_settings.get("account", ""),
+            "queue": batch_settings.get("queue", ""),
+            "batch_args": format_option_lines(batch_settings.get("batch_args")),
+        }
+
+
+class ParamRowForm(forms.Form):
+    name = forms.CharField(max_length=100, required=False, widget=forms.TextInput(attrs={"placeholder": "name"}))
+    values = forms.CharField(
+        max_length=20000, required=False, widget=forms.TextInput(attrs={"placeholder": '1, 2.5, "a,b", range(0, 10)'})
+    )
+    as_arg = forms.BooleanField(required=False, label="as argument")
+
+    def clean(self):
+        data = super().clean()
+        name, text = data.get("name", "").strip(), data.get("values", "")
+        if not name and not text.strip():
+            return data
+        if not name:
+            self.add_error("name", "Give the parameter a name.")
+        elif not PARAM_NAME.fullmatch(name):
+            self.add_error("name", "Use letters, digits, '_', '.', '-' (may start with - or --).")
+        try:
+            data["parsed"] = parse_values(text)
+        except ValueSyntaxError as error:
+            self.add_error("values", str(error))
+        data["name"] = name
+        return data
+
+
+class BaseParamFormSet(forms.BaseFormSet):
+    def clean(self):
+        seen = set()
+        for form in self.forms:
+            name = form.cleaned_data.get("name") if hasattr(form, "cleaned_data") else None
+            if form in self.deleted_forms or not name:
+                continue
+            if name in seen:
+                form.add_error("name", f"'{name}' is already a parameter.")
+            seen.add(name)
+
+    def rows(self):
+        """The filled, kept rows' cleaned data, in order."""
+        return [
+            form.cleaned_data
+            for form in self.forms
+            if form not in self.deleted_forms and form.cleaned_data.get("name")
+        ]
+
+
+ParamFormSet = forms.formset_factory(ParamRowForm, formset=BaseParamFormSet, extra=0, can_delete=True, max_num=200)
+
+
+class EnsembleForm(SettingsForm):
+    field_order = ["name", "description", "perm_strategy", "n_models", "seed", "replicas"]
+
+    name = forms.CharField(max_length=100, validators=[name_validator], help_text="Members are named <name>_0, <name>_1, ...")
+    description = forms.CharField(required=False, widget=forms.Textarea(attrs={"rows": 2}))
+    perm_strategy = forms.ChoiceField(label="Strategy", choices=Strategy.choices, initial=Strategy.ALL_PERM)
+    n_models = forms.IntegerField(
+        label="Members to sample (n_models)", required=False, min_value=0, help_text="random only; empty or 0 takes every combination."
+    )
+    seed = forms.IntegerField(label="Seed", required=False, help_text="random only; empty picks one when you save.")
+    replicas = forms.IntegerField(label="Replicas", min_value=1, max_value=1_000_000, initial=1, help_text="Copies of every combination.")
+    key_prefixing = forms.BooleanField(label="Prefix the members' database keys (SSKEYOUT)", required=False, initial=True)
+    tag = forms.CharField(label="Tag", max_length=10, initial=";", help_text="Configured files replace <tag>NAME<tag>.")
+
+    def ensemble_spec(self, rows: list[dict]) -> dict:
+        data = self.cleaned_data
+        return {
+            "name": data["name"],
+            "description": data["description"],
+            "params": [{"name": row["name"], "values": row["values"]} for row in rows],
+            "params_as_args": [row["name"] for row in rows if row.get("as_arg")],
+            "perm_strategy": data["perm_strategy"],
+            "n_models": data["n_models"],
+            "seed": data["seed"],
+            "replicas": data["replicas"],
+            "key_prefixing": data["key_prefixing"],
+            "tag": data["tag"],
+            **self.settings_spec(),
+        }
+
+
+def parse_member_params(text: str) -> list[dict]:
+    params = []
+    for number, line in _lines(text):
+        name, sep, value = line.partition("=")
+        name = name.strip()
+        if not sep or not name:
+            raise ValidationError(f"line {number}: write name=value")
+        value = value.strip()
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "\"'":
+            typed = value[1:-1]
+        else:
+            typed = infer_type(value)
+        params.append({"name": name, "value": typed})
+    return params
+
+
+class MemberForm(SettingsForm):
+    field_order = ["name", "params", "params_as_args", "key_prefixing"]
+
+    name = forms.CharField(max_length=100, validators=[name_validator])
+    params = forms.CharField(
+        label="Parameters", required=False, widget=forms.Textarea(attrs={"rows": 3}), help_text="One name=value per line."
+    )
+    params_as_args = forms.CharField(
+        label="Parameters passed as arguments", required=False, help_text="Names separated by commas."
+    )
+    key_prefixing = forms.BooleanField(label="Prefix database keys (SSKEYOUT)", required=False)
+
+    def clean_params(self):
+        return parse_member_params(self.cleaned_data["params"])
+
+    def clean_params_as_args(self):
+        return [name.strip() for name in self.cleaned_data["params_as_args"].split(",") if name.strip()]
+
+    def member_spec(self) -> dict:
+        data = self.cleaned_data
+        return {
+            "name": data["name"],
+            "params": data["params"],
+            "params_as_args": data["params_as_args"],
+            "key_prefixing": data["key_prefixing"],
+            **self.settings_spec(),
+        }
+
+    @classmethod
+    def initial_for(cls, member) -> dict:
+        def literal(value):
+            # Quote text that would otherwise read back as a number or a bool.
+            return f'"{value}"' if isinstance(value, str) and infer_type(value) != value else value
+
+        return {
+            "name": member.name,
+            "params": "\n".join(f"{row['name']}={literal(row['value'])}" for row in member.params),
+            "params_as_args": ", ".join(member.params_as_args),
+            "key_prefixing": member.key_prefixing,
+            **cls.settings_initial(member.run_settings, member.batch_settings),
+        }
+
+
+class AttachFileForm(ApplyErrorsMixin, forms.Form):
+    action = forms.ChoiceField(choices=FileAction.choices, initial=FileAction.CONFIGURE)
+    path = forms.CharField(
+        label="Server path", required=False, max_length=4096, help_text="A file or folder inside the allowed folders."
+    )
+    upload = forms.FileField(label="or upload a file", required=False)
+
+    def clean(self):
+        data = super().clean()
+        if bool(data.get("path")) == bool(data.get("upload")):
+            raise ValidationError("Give either a server path or a file to upload.")
+        return data
+

@@ -1,0 +1,263 @@
+"""Flotilla's domain: experiments, ensembles, members and attached files.
+
+JSON fields hold validated structures (see specs.py); ``clean()`` validates
+them so that the admin, the forms and the services share one set of rules.
+Parameter order matters (all_perm varies the last one fastest) and PostgreSQL
+jsonb does not keep object key order, so parameters are stored as lists.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.core.validators import RegexValidator
+from django.db import models
+
+from . import specs
+from .expansion import STRATEGIES, ParameterSpace, expand
+from .values import ValueSyntaxError, parse_values
+
+# Names become directory names: no separators, no leading dot.
+NAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}"
+name_validator = RegexValidator(
+    rf"^{NAME_PATTERN}\Z",
+    "Use letters, digits, '_', '.' or '-', starting with a letter or digit (at most 100 characters).",
+)
+PARAM_NAME = re.compile(r"-{0,2}[A-Za-z_][A-Za-z0-9_.-]*")
+RECORD_FILE_NAME = "flotilla_params.json"  # the per-member generation record
+
+
+class Launcher(models.TextChoices):
+    LOCAL = "local", "Local processes"
+    SLURM = "slurm", "Slurm"
+    PBS = "pbs", "PBS"
+    LSF = "lsf", "LSF"
+    AUTO = "auto", "Detect at launch"
+
+
+class Strategy(models.TextChoices):
+    ALL_PERM = "all_perm", "all_perm — every combination"
+    STEP = "step", "step — i-th values together"
+    RANDOM = "random", "random — a sample of combinations"
+
+
+assert tuple(Strategy.values) == STRATEGIES
+
+
+class Experiment(models.Model):
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="experiments")
+    name = models.CharField(max_length=100, validators=[name_validator])
+    description = models.TextField(blank=True)
+    launcher = models.CharField(max_length=10, choices=Launcher.choices, default=Launcher.LOCAL)
+    created = models.DateTimeField(auto_now_add=True)
+    updated = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["-created"]
+        constraints = [
+            models.UniqueConstraint(fields=["owner", "name"], name="experiment_name_unique_per_owner"),
+        ]
+
+    def __str__(self):
+        return self.name
+
+
+def validate_run_settings(value):
+    try:
+        specs.clean_run_settings(value)
+    except specs.SpecError as error:
+        raise ValidationError(str(error)) from None
+
+
+def validate_batch_settings(value):
+    try:
+        specs.clean_batch_settings(value)
+    except specs.SpecError as error:
+        raise ValidationError(str(error)) from None
+
+
+def parse_param_rows(rows) -> dict:
+    """``[{"name": ..., "values": "<text>"}, ...]`` -> ``{name: lazy values}``; ValidationError per problem."""
+    if not isinstance(rows, list):
+        raise ValidationError("params must be a list of {name, values} rows")
+    columns = {}
+    errors = []
+    for number, row in enumerate(rows, start=1):
+        if not isinstance(row, dict) or set(row) != {"name", "values"}:
+            errors.append(f"row {number}: expected an object with 'name' and 'values'")
+            continue
+        name, text = row["name"], row["values"]
+        if not isinstance(name, str) or not PARAM_NAME.fullmatch(name):
+            errors.append(f"row {number}: {name!r} is not a valid parameter name")
+            continue
+        if name in columns:
+            errors.append(f"row {number}: parameter '{name}' is defined twice")
+            continue
+        try:
+            columns[name] = parse_values(text if isinstance(text, str) else "")
+        except ValueSyntaxError as error:
+            errors.append(f"{name}: {error}")
+    if errors:
+        raise ValidationError(errors)
+    return columns
+
+
+class Ensemble(models.Model):
+    experiment = models.ForeignKey(Experiment, on_delete=models.CASCADE, related_name="ensembles")
+    name = models.CharField(max_length=100, validators=[name_validator])
+    description = models.TextField(blank=True)
+    # [{"name": "x", "values": "range(0, 10)"}, ...] in the user's order.
+    params = models.JSONField(default=list, blank=True)
+    perm_strategy = models.CharField(max_length=10, choices=Strategy.choices, default=Strategy.ALL_PERM)
+    n_models = models.PositiveBigIntegerField(null=True, blank=True)
+    seed = models.BigIntegerField(null=True, blank=True)
+    replicas = models.PositiveIntegerField(default=1)
+    params_as_args = models.JSONField(default=list, blank=True)
+    run_settings = models.JSONField(default=dict, validators=[validate_run_settings])
+    batch_settings = models.JSONField(null=True, blank=True, validators=[validate_batch_settings])
+    key_prefixing = models.BooleanField(default=True)  # SmartSim turns it on for expanded members
+    tag = models.CharField(max_length=10, default=";")
+    created = models.DateTimeField(auto_now_add=True)
+    updated = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["name"]
+        constraints = [
+            models.UniqueConstraint(fields=["experiment", "name"], name="ensemble_name_unique_in_experiment"),
+        ]
+
+    def __str__(self):
+        return self.name
+
+    def param_columns(self) -> dict:
+        return parse_param_rows(self.params)
+
+    def space(self) -> ParameterSpace:
+        return expand(
+            self.param_columns(),
+            self.perm_strategy,
+            n_models=self.n_models,
+            seed=self.seed,
+            replicas=self.replicas,
+        )
+
+    def member_name(self, index: int) -> str:
+        return f"{self.name}_{index}"
+
+    def clean(self):
+        errors = {}
+        try:
+            names = list(self.param_columns())
+        except ValidationError as error:
+            errors["params"] = error.messages
+            names = [row.get("name") for row in self.params if isinstance(row, dict)]
+        if not isinstance(self.params_as_args, list) or not all(isinstance(n, str) for n in self.params_as_args):
+            errors["params_as_args"] = "must be a list of parameter names"
+        else:
+            missing = [n for n in self.params_as_args if n not in names]
+            if missing:
+                errors["params_as_args"] = f"not a parameter: {', '.join(missing)}"
+        if not self.tag or any(c.isspace() for c in self.tag):
+            errors["tag"] = "The tag must be one or more characters without spaces (default ';')."
+        if self.batch_settings and self.experiment_id and self.experiment.launcher == Launcher.LOCAL:
+            errors["batch_settings"] = (
+                "The local launcher does not support batch workloads; choose Slurm, PBS or LSF for the experiment."
+            )
+        if self.perm_strategy == Strategy.RANDOM and self.seed is None:
+            errors["seed"] = "A random ensemble needs a seed so that every preview and launch pick the same members."
+        if errors:
+            raise ValidationError(errors)
+
+
+class Member(models.Model):
+    """One simulation defined by hand: added to an ensemble (SmartSim ``add_model``)
+    when ``ensemble`` is set, otherwise a standalone model of the experiment."""
+
+    experiment = models.ForeignKey(Experiment, on_delete=models.CASCADE, related_name="members")
+    ensemble = models.ForeignKey(Ensemble, null=True, blank=True, on_delete=models.CASCADE, related_name="members")
+    name = models.CharField(max_length=100, validators=[name_validator])
+    # [{"name": "x", "value": 1}, ...]: one value per parameter, in order.
+    params = models.JSONField(default=list, blank=True)
+    params_as_args = models.JSONField(default=list, blank=True)
+    run_settings = models.JSONField(default=dict, validators=[validate_run_settings])
+    batch_settings = models.JSONField(null=True, blank=True, validators=[validate_batch_settings])
+    key_prefixing = models.BooleanField(default=False)  # SmartSim's default for create_model
+    created = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["created", "id"]
+        constraints = [
+            models.UniqueConstraint(fields=["experiment", "name"], name="member_name_unique_in_experiment"),
+        ]
+
+    def __str__(self):
+        return self.name
+
+    def param_dict(self) -> dict:
+        return {row["name"]: row["value"] for row in self.params}
+
+    def clean(self):
+        errors = {}
+        if not isinstance(self.params, list) or not all(
+            isinstance(row, dict)
+            and set(row) == {"name", "value"}
+            and isinstance(row["name"], str)
+            and PARAM_NAME.fullmatch(row["name"])
+            and isinstance(row["value"], (str, int, float, bool))
+            for row in self.params
+        ):
+            errors["params"] = "Each parameter needs a valid name and one text or number value."
+        elif len({row["name"] for row in self.params}) != len(self.params):
+            errors["params"] = "A parameter is defined twice."
+        else:
+            missing = [n for n in self.params_as_args if n not in self.param_dict()]
+            if missing:
+                errors["params_as_args"] = f"not a parameter: {', '.join(missing)}"
+        if self.experiment_id and self.name:
+            if self.experiment.ensembles.filter(name=self.name).exists():
+                errors["name"] = f"'{self.name}' is already the name of an ensemble in this experiment."
+            if self.ensemble_id and re.fullmatch(rf"{re.escape(self.ensemble.name)}_\d+", self.name):
+                errors["name"] = f"'{self.name}' is reserved for the ensemble's generated members."
+        if self.ensemble_id and self.ensemble.experiment_id != self.experiment_id:
+            errors["ensemble"] = "The ensemble belongs to another experiment."
+        if errors:
+            raise ValidationError(errors)
+
+
+class FileAction(models.TextChoices):
+    COPY = "copy", "Copy (to_copy)"
+    SYMLINK = "symlink", "Symlink (to_symlink)"
+    CONFIGURE = "configure", "Configure (to_configure, ;TAG; substitution)"
+
+
+class AttachedFile(models.Model):
+    """A file or folder given to every member of an ensemble (or to one member)."""
+
+    ensemble = models.ForeignKey(Ensemble, null=True, blank=True, on_delete=models.CASCADE, related_name="files")
+    member = models.ForeignKey(Member, null=True, blank=True, on_delete=models.CASCADE, related_name="files")
+    action = models.CharField(max_length=10, choices=FileAction.choices)
+    # Absolute, resolved path: inside FLOTILLA_FILE_ROOTS or the uploads folder.
+    path = models.CharField(max_length=4096)
+    uploaded = models.BooleanField(default=False)
+    is_dir = models.BooleanField(default=False)
+    size = models.PositiveBigIntegerField(default=0)
+    created = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["action", "id"]
+        constraints = [
+            models.CheckConstraint(
+                condition=models.Q(ensemble__isnull=True) ^ models.Q(member__isnull=True),
+                name="attached_file_has_one_owner",
+            ),
+        ]
+
+    def __str__(self):
+        return f"{self.get_action_display()}: {self.path}"
+
+    @property
+    def name(self) -> str:
+        return Path(self.path).name

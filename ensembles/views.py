@@ -1,0 +1,347 @@
+"""Views: parse -> permission (selectors 404 on others' objects) -> service/selector -> render."""
+
+from __future__ import annotations
+
+import random
+
+import redis
+from django.conf import settings
+from django.contrib import messages
+from django.contrib.auth.decorators import login_not_required
+from django.core.exceptions import ValidationError
+from django.db import connection
+from django.http import HttpResponse, JsonResponse
+from django.shortcuts import redirect, render
+from django.urls import reverse
+from django.views.decorators.http import require_GET, require_http_methods, require_POST
+
+from . import selectors, services
+from .expansion import ExpansionError, expand
+from .forms import AttachFileForm, EnsembleForm, ExperimentForm, MemberForm, ParamFormSet
+from .models import Ensemble, Strategy
+from .values import is_numeric
+
+
+@login_not_required
+@require_GET
+def healthz(request):
+    """Liveness of the web process and its database and Redis (for monitors and the run command)."""
+    status = {"web": "ok"}
+    try:
+        connection.ensure_connection()
+        status["database"] = "ok"
+    except Exception as error:  # report, don't crash: this is the health page
+        status["database"] = f"error: {type(error).__name__}"
+    try:
+        redis.Redis.from_url(settings.REDIS_URL, socket_timeout=1).ping()
+        status["redis"] = "ok"
+    except redis.RedisError as error:
+        status["redis"] = f"error: {type(error).__name__}"
+    healthy = all(value == "ok" for value in status.values())
+    return JsonResponse(status, status=200 if healthy else 503)
+
+
+# --- experiments -------------------------------------------------------------
+
+
+@require_GET
+def experiment_list(request):
+    return render(request, "ensembles/experiment_list.html", {"experiments": selectors.experiment_list(request.user)})
+
+
+@require_http_methods(["GET", "POST"])
+def experiment_create(request):
+    form = ExperimentForm(request.POST or None)
+    if request.method == "POST" and form.is_valid():
+        try:
+            experiment = services.experiment_create(owner=request.user, **form.cleaned_data)
+        except ValidationError as error:
+            form.apply_errors(error)
+        else:
+            messages.success(request, f"Experiment '{experiment.name}' created.")
+            return redirect("ensembles:experiment_detail", pk=experiment.pk)
+    return render(request, "ensembles/experiment_form.html", {"form": form})
+
+
+@require_GET
+def experiment_detail(request, pk):
+    experiment = selectors.experiment_get(request.user, pk)
+    ensembles = list(experiment.ensembles.all())
+    for ensemble in ensembles:
+        try:
+            ensemble.member_count = len(ensemble.space())
+        except (ValidationError, ExpansionError):
+            ensemble.member_count = None
+    models = experiment.members.filter(ensemble__isnull=True)
+    return render(
+        request, "ensembles/experiment_detail.html", {"experiment": experiment, "ensembles": ensembles, "models": models}
+    )
+
+
+@require_http_methods(["GET", "POST"])
+def experiment_edit(request, pk):
+    experiment = selectors.experiment_get(request.user, pk)
+    form = ExperimentForm(request.POST or None, instance=experiment)
+    if request.method == "POST" and form.is_valid():
+        try:
+            services.experiment_update(experiment=experiment, **form.cleaned_data)
+        except ValidationError as error:
+            form.apply_errors(error)
+        else:
+            messages.success(request, "Experiment saved.")
+            return redirect("ensembles:experiment_detail", pk=experiment.pk)
+    return render(request, "ensembles/experiment_form.html", {"form": form, "experiment": experiment})
+
+
+@require_http_methods(["GET", "POST"])
+def experiment_delete(request, pk):
+    experiment = selectors.experiment_get(request.user, pk)
+    if request.method == "POST":
+        services.experiment_delete(experiment=experiment)
+        messages.success(request, f"Experiment '{experiment.name}' deleted.")
+        return redirect("ensembles:experiment_list")
+    return render(request, "ensembles/confirm_delete.html", {"object": experiment, "kind": "experiment"})
+
+
+# --- ensembles: the builder --------------------------------------------------
+
+
+def _ensemble_initial(ensemble: Ensemble | None):
+    if ensemble is None:
+        # A fresh seed up front keeps a random preview stable while the user types.
+        form_initial = {"seed": random.randrange(2**31), "replicas": 1, "tag": ";", "key_prefixing": True}
+        return form_initial, [{"name": "", "values": ""}]
+    form_initial = {
+        "name": ensemble.name,
+        "description": ensemble.description,
+        "perm_strategy": ensemble.perm_strategy,
+        "n_models": ensemble.n_models,
+        "seed": ensemble.seed,
+        "replicas": ensemble.replicas,
+        "key_prefixing": ensemble.key_prefixing,
+        "tag": ensemble.tag,
+        **EnsembleForm.settings_initial(ensemble.run_settings, ensemble.batch_settings),
+    }
+    rows = [
+        {"name": row["name"], "values": row["values"], "as_arg": row["name"] in ensemble.params_as_args}
+        for row in ensemble.params
+    ]
+    return form_initial, rows
+
+
+def _int_from(data, key: str, default: int = 0) -> int:
+    try:
+        return int(data.get(key, default))
+    except (TypeError, ValueError):
+        return default
+
+
+def _preview_context(form, formset, data, experiment, ensemble) -> dict:
+    """Build the live preview from whatever of the form is valid so far."""
+    context = {"form": form, "formset": formset, "ensemble": ensemble, "experiment": experiment, "errors": []}
+    formset_valid = formset.is_valid()
+    form.is_valid()
+    cleaned = getattr(form, "cleaned_data", {})
+    for field in ("perm_strategy", "n_models", "seed", "replicas", "tag"):
+        for message in form.errors.get(field, []):
+            context["errors"].append(f"{form.fields[field].label}: {message}")
+    if not formset_valid:
+        context["errors"].append("Fix the parameters marked in red.")
+    if context["errors"]:
+        return context
+    rows = formset.rows()
+    columns = {row["name"]: row["parsed"] for row in rows}
+    try:
+        space = expand(
+            columns,
+            cleaned.get("perm_strategy") or Strategy.ALL_PERM,
+            n_models=cleaned.get("n_models"),
+            seed=cleaned.get("seed"),
+            replicas=cleaned.get("replicas") or 1,
+        )
+    except ExpansionError as error:
+        context["errors"].append(str(error))
+        return context
+    name = cleaned.get("name") or (ensemble.name if ensemble else "ensemble")
+    run_settings = {
+        "exe": cleaned.get("exe") or "",
+        "exe_args": cleaned.get("exe_args") or [],
+        "run_command": cleaned.get("run_command") or "",
+        "run_args": cleaned.get("run_args") or {},
+    }
+    manual = list(ensemble.members.all()) if ensemble else []
+    preview = selectors.ensemble_preview(
+        name=name,
+        space=space,
+        run_settings=run_settings,
+        params_as_args=[row["name"] for row in rows if row.get("as_arg")],
+        manual_members=manual,
+        page=_int_from(data, "preview_page", 1),
+        numeric_names=[row["name"] for row in rows if is_numeric(row["parsed"])],
+    )
+    if cleaned.get("perm_strategy") == Strategy.RANDOM and cleaned.get("seed") is None and space.seed is not None:
+        preview.warnings.append(f"No seed given: this sample used seed {space.seed}; a seed is fixed when you save.")
+    context["preview"] = preview
+    if ensemble is not None and preview.count:
+        files = selectors.configurable_files(ensemble)
+        context["configurable_files"] = files
+        if files:
+            member_index = min(max(0, _int_from(data, "preview_member")), preview.count - 1)
+            file_index = min(max(0, _int_from(data, "preview_file")), len(files) - 1)
+            params = space[member_index] if member_index < preview.generated else manual[member_index - preview.generated].param_dict()
+            label, path = files[file_index]
+            context.update(
+                preview_member=member_index,
+                preview_file=file_index,
+                rendered_file=selectors.configured_file_preview(path, label, params, cleaned.get("tag") or ";"),
+            )
+    return context
+
+
+@require_http_methods(["GET", "POST"])
+def ensemble_edit(request, pk=None, experiment_pk=None):
+    """Create (experiment_pk) or edit (pk) an ensemble, with the live preview beside the form."""
+    if pk is not None:
+        ensemble = selectors.ensemble_get(request.user, pk)
+        experiment = ensemble.experiment
+    else:
+        ensemble = None
+        experiment = selectors.experiment_get(request.user, experiment_pk)
+    if request.method == "POST":
+        form = EnsembleForm(request.POST)
+        formset = ParamFormSet(request.POST, prefix="params")
+        if form.is_valid() and formset.is_valid():
+            try:
+                ensemble = services.ensemble_save(
+                    experiment=experiment, ensemble=ensemble, spec=form.ensemble_spec(formset.rows())
+                )
+            except ValidationError as error:
+                form.apply_errors(error)
+            else:
+                messages.success(request, f"Ensemble '{ensemble.name}' saved.")
+                return redirect("ensembles:ensemble_edit", pk=ensemble.pk)
+    else:
+        form_initial, rows = _ensemble_initial(ensemble)
+        form = EnsembleForm(initial=form_initial)
+        formset = ParamFormSet(initial=rows, prefix="params")
+    # The preview itself is fetched by htmx as soon as the page loads (one code path).
+    context = {"form": form, "formset": formset, "ensemble": ensemble, "experiment": experiment}
+    context["attach_form"] = AttachFileForm()
+    context["preview_url"] = (
+        reverse("ensembles:ensemble_preview", args=[ensemble.pk])
+        if ensemble
+        else reverse("ensembles:ensemble_preview_new", args=[experiment.pk])
+    )
+    return render(request, "ensembles/ensemble_builder.html", context)
+
+
+@require_POST
+def ensemble_preview(request, pk=None, experiment_pk=None):
+    """The preview fragment for the form as it is now (htmx, debounced as the user types)."""
+    if pk is not None:
+        ensemble = selectors.ensemble_get(request.user, pk)
+        experiment = ensemble.experiment
+    else:
+        ensemble = None
+        experiment = selectors.experiment_get(request.user, experiment_pk)
+    form = EnsembleForm(request.POST)
+    formset = ParamFormSet(request.POST, prefix="params")
+    if not formset.management_form.is_valid():
+        return HttpResponse("The form is incomplete; reload the page.", status=400)
+    context = _preview_context(form, formset, request.POST, experiment, ensemble)
+    context["preview_url"] = request.path
+    return render(request, "ensembles/partials/ensemble_preview.html", {**context, "oob": True})
+
+
+@require_http_methods(["GET", "POST"])
+def ensemble_delete(request, pk):
+    ensemble = selectors.ensemble_get(request.user, pk)
+    experiment = ensemble.experiment
+    if request.method == "POST":
+        services.ensemble_delete(ensemble=ensemble)
+        messages.success(request, f"Ensemble '{ensemble.name}' deleted.")
+        return redirect("ensembles:experiment_detail", pk=experiment.pk)
+    return render(request, "ensembles/confirm_delete.html", {"object": ensemble, "kind": "ensemble"})
+
+
+@require_POST
+def file_attach(request, pk):
+    ensemble = selectors.ensemble_get(request.user, pk)
+    form = AttachFileForm(request.POST, request.FILES)
+    if form.is_valid():
+        try:
+            if form.cleaned_data["upload"]:
+                services.file_attach_upload(
+                    owner=ensemble, uploaded_file=form.cleaned_data["upload"], action=form.cleaned_data["action"], user=request.user
+                )
+            else:
+                services.file_attach_path(owner=ensemble, path=form.cleaned_data["path"], action=form.cleaned_data["action"])
+        except ValidationError as error:
+            form.apply_errors(error)
+    if form.errors:
+        return render(
+            request, "ensembles/partials/attached_files.html", {"ensemble": ensemble, "attach_form": form}, status=422
+        )
+    return _files_changed(request, ensemble)
+
+
+def _files_changed(request, ensemble):
+    response = render(request, "ensembles/partials/attached_files.html", {"ensemble": ensemble, "attach_form": AttachFileForm()})
+    response["HX-Trigger"] = "files-changed"  # the builder refreshes its preview
+    return response
+
+
+@require_POST
+def file_detach(request, pk):
+    attached = selectors.attached_file_get(request.user, pk)
+    ensemble = attached.ensemble
+    services.file_detach(attached=attached)
+    return _files_changed(request, ensemble)
+
+
+# --- hand-made members and standalone models ---------------------------------
+
+
+@require_http_methods(["GET", "POST"])
+def member_edit(request, pk=None, experiment_pk=None, ensemble_pk=None):
+    """A member added to an ensemble by hand (ensemble_pk), a standalone model (experiment_pk), or either (pk)."""
+    member = ensemble = None
+    if pk is not None:
+        member = selectors.member_get(request.user, pk)
+        experiment, ensemble = member.experiment, member.ensemble
+    elif ensemble_pk is not None:
+        ensemble = selectors.ensemble_get(request.user, ensemble_pk)
+        experiment = ensemble.experiment
+    else:
+        experiment = selectors.experiment_get(request.user, experiment_pk)
+    if request.method == "POST":
+        form = MemberForm(request.POST)
+        if form.is_valid():
+            try:
+                member = services.member_save(experiment=experiment, ensemble=ensemble, member=member, spec=form.member_spec())
+            except ValidationError as error:
+                form.apply_errors(error)
+            else:
+                messages.success(request, f"'{member.name}' saved.")
+                if ensemble:
+                    return redirect("ensembles:ensemble_edit", pk=ensemble.pk)
+                return redirect("ensembles:experiment_detail", pk=experiment.pk)
+    else:
+        form = MemberForm(initial=MemberForm.initial_for(member) if member else {"key_prefixing": False})
+    return render(
+        request,
+        "ensembles/member_form.html",
+        {"form": form, "member": member, "ensemble": ensemble, "experiment": experiment},
+    )
+
+
+@require_http_methods(["GET", "POST"])
+def member_delete(request, pk):
+    member = selectors.member_get(request.user, pk)
+    if request.method == "POST":
+        services.member_delete(member=member)
+        messages.success(request, f"'{member.name}' deleted.")
+        if member.ensemble_id:
+            return redirect("ensembles:ensemble_edit", pk=member.ensemble_id)
+        return redirect("ensembles:experiment_detail", pk=member.experiment_id)
+    return render(request, "ensembles/confirm_delete.html", {"object": member, "kind": "model"})

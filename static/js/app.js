@@ -1,0 +1,44 @@
+// Flotilla's small glue: parameter rows of the builder and Plotly figures in swapped fragments.
+(function () {
+  "use strict";
+
+  function renderPlots(root) {
+    if (typeof Plotly === "undefined") return;
+    root.querySelectorAll("[data-figure]").forEach(function (el) {
+      var source = document.getElementById(el.dataset.figure);
+      if (!source) return;
+      var figure = JSON.parse(source.textContent);
+      Plotly.react(el, figure.data, figure.layout, { responsive: true, displaylogo: false });
+    });
+  }
+
+  function addParamRow(button) {
+    var form = button.closest("form");
+    var total = form.querySelector("input[name$='-TOTAL_FORMS']");
+    var template = document.getElementById("param-row-template");
+    var index = parseInt(total.value, 10);
+    var html = template.innerHTML.replace(/__prefix__/g, String(index));
+    document.getElementById("param-rows").insertAdjacentHTML("beforeend", html);
+    total.value = String(index + 1);
+    var rows = document.querySelectorAll("[data-param-row]");
+    rows[rows.length - 1].querySelector(".param-name").focus();
+  }
+
+  function removeParamRow(button) {
+    var row = button.closest("[data-param-row]");
+    var flag = row.querySelector("[data-delete]");
+    flag.checked = true;
+    row.hidden = true;
+    flag.dispatchEvent(new Event("change", { bubbles: true }));
+  }
+
+  document.addEventListener("click", function (event) {
+    var add = event.target.closest("[data-add-param]");
+    if (add) { addParamRow(add); return; }
+    var remove = event.target.closest("[data-remove-param]");
+    if (remove) removeParamRow(remove);
+  });
+
+  document.addEventListener("DOMContentLoaded", function () { renderPlots(document); });
+  document.addEventListener("htmx:afterSettle", function (event) { renderPlots(event.detail.elt); });
+})();
