@@ -2,22 +2,24 @@
 
 from __future__ import annotations
 
+import random
+
 from .expansion import ParameterSpace
 
 MAX_SCATTER_POINTS = 1000
 
 
 def parameter_scatter(space: ParameterSpace, names: list[str], max_points: int = MAX_SCATTER_POINTS) -> dict:
-    """The sampled points of 2 or 3 numeric parameters; an even stride through big spaces."""
+    """The points of 2 or 3 numeric parameters; a fixed random sample of big spaces
+    (a stride would only show the slowest-varying parameter of an all_perm space)."""
     total = len(space)
-    stride = max(1, -(-total // max_points))
-    indexes = range(0, total, stride)
+    indexes = range(total) if total <= max_points else sorted(random.Random(0).sample(range(total), max_points))
     columns = {name: [] for name in names}
     for index in indexes:
         member = space[index]
         for name in names:
             columns[name].append(member[name])
-    title = f"{len(indexes):,} of {total:,} members" if stride > 1 else f"{total:,} members"
+    title = f"{len(indexes):,} of {total:,} members" if total > max_points else f"{total:,} members"
     marker = {"size": 5 if len(names) == 3 else 7, "opacity": 0.8, "color": "#1e88e5"}
     hover = [f"member {i}" for i in indexes]
     if len(names) == 2:

@@ -12,6 +12,7 @@ from urllib.parse import urlsplit
 
 from django.core.exceptions import ImproperlyConfigured
 
+BASE_DIR = Path(__file__).resolve().parent.parent
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
 
@@ -90,3 +91,8 @@ def env_dirs(name: str, default: list[Path]) -> list[Path]:
             raise ImproperlyConfigured(f"{name}: {item!r} is not an existing folder")
         folders.append(path.resolve())
     return folders
+
+
+def data_dir() -> Path:
+    """FLOTILLA_DATA_DIR: where experiments, uploads and the default SQLite file live."""
+    return env_dir("FLOTILLA_DATA_DIR", BASE_DIR / "var")

@@ -2,21 +2,17 @@
 environment through the strict helpers in webapp/env.py; see README.md and
 .env.example for the variables."""
 
-from pathlib import Path
-
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
-from .env import env_bool, env_dir, env_dirs, env_int, env_list, env_str, env_url
-
-BASE_DIR = Path(__file__).resolve().parent.parent
+from .env import BASE_DIR, data_dir, env_bool, env_dirs, env_int, env_list, env_str, env_url
 
 DEBUG = env_bool("DEBUG", False)
 SECRET_KEY = env_str("SECRET_KEY", "dev-only-insecure-key-do-not-use-in-production" if DEBUG else None)
 ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", ["127.0.0.1", "localhost"])
 
 # Where experiments are generated, uploads kept and the default SQLite file lives.
-DATA_DIR = env_dir("FLOTILLA_DATA_DIR", BASE_DIR / "var")
+DATA_DIR = data_dir()
 # Server folders users may attach files from (besides their own uploads).
 FILE_ROOTS = env_dirs("FLOTILLA_FILE_ROOTS", [BASE_DIR / "examples"])
 DATA_DIR.mkdir(parents=True, exist_ok=True)
@@ -100,7 +96,6 @@ USE_TZ = True
 
 STATIC_URL = "static/"
 STATICFILES_DIRS = [BASE_DIR / "static"]
-STATIC_ROOT = DATA_DIR / "static"
 WHITENOISE_USE_FINDERS = True  # serve straight from static/, no collectstatic step needed
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 DATA_UPLOAD_MAX_NUMBER_FIELDS = 5000

@@ -1,0 +1,29 @@
+"""Make sure an administrator account exists; print how to log in the first time."""
+
+import secrets
+
+from django.conf import settings
+from django.contrib.auth import get_user_model
+from django.core.management.base import BaseCommand
+
+
+class Command(BaseCommand):
+    help = "Create an 'admin' superuser with a random password if no superuser exists."
+
+    def handle(self, *args, **options):
+        User = get_user_model()
+        password_file = settings.DATA_DIR / "initial-admin-password.txt"
+        if User.objects.filter(is_superuser=True).exists():
+            if password_file.exists():
+                self.stdout.write(f"Log in as 'admin' with the password in {password_file} (delete it once changed).")
+            return
+        password = secrets.token_urlsafe(12)
+        User.objects.create_superuser("admin", email="", password=password)
+        password_file.write_text(password + "\n")
+        password_file.chmod(0o600)
+        self.stdout.write(
+            self.style.SUCCESS(
+                f"Created the administrator account.\n  user: admin\n  password: {password}\n"
+                f"(also saved in {password_file}; change it in the admin and delete that file)"
+            )
+        )

