@@ -77,10 +77,10 @@ class Linspace(Sequence):
             index += self.n
         if not 0 <= index < self.n:
             raise IndexError("linspace index out of range")
-        if self.n == 1:
-            x = float(self.a)
+        if index == self.n - 1 and self.n > 1:
+            x = float(self.b)  # exact endpoint, as numpy does
         else:
-            x = self.a + (self.b - self.a) * index / (self.n - 1)
+            x = self.a + (self.b - self.a) * index / (self.n - 1) if self.n > 1 else float(self.a)
         return 10.0**x if self.log else float(x)
 
 

@@ -1,0 +1,107 @@
+"""Browser tests: Playwright drives the system Chromium against a real daphne
+serving the test database (committed data, hence transactional_db)."""
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+import urllib.request
+
+import pytest
+from django.conf import settings
+
+from webapp.supervisor import free_port
+
+# Playwright's sync API keeps an event loop running in this thread.
+os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = "true"
+
+CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
+
+
+def pytest_collection_modifyitems(config, items):
+    here = os.path.dirname(__file__)
+    for item in items:
+        if str(item.fspath).startswith(here):
+            item.add_marker(pytest.mark.e2e)
+
+
+@pytest.fixture(scope="session")
+def browser_type_launch_args(browser_type_launch_args):
+    if not shutil.which(CHROMIUM) and not os.path.exists(CHROMIUM):
+        message = f"no Chromium at {CHROMIUM} (apt-get install chromium)"
+        if os.environ.get("FLOTILLA_REQUIRE_E2E"):
+            pytest.fail(message)
+        pytest.skip(message)
+    return {
+        **browser_type_launch_args,
+        "executable_path": CHROMIUM,
+        "headless": True,
+        "args": ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", "--no-first-run"],
+    }
+
+
+def _database_url() -> str:
+    db = settings.DATABASES["default"]
+    if db["ENGINE"].endswith("sqlite3"):
+        return f"sqlite:///{db['NAME']}"
+    auth = db["USER"] + (f":{db['PASSWORD']}" if db.get("PASSWORD") else "")
+    return f"postgres://{auth}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{db['NAME']}"
+
+
+@pytest.fixture(scope="session")
+def asgi_server(django_db_setup, django_db_blocker):
+    """daphne on a free loopback port, on the test database; yields its base URL."""
+    port = free_port()
+    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "webapp.settings_test", "DATABASE_URL": _database_url()}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "webapp.asgi:application"],
+        env=env,
+        cwd=settings.BASE_DIR,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            urllib.request.urlopen(f"{url}/healthz", timeout=1)
+            break
+        except OSError:
+            if process.poll() is not None or time.monotonic() > deadline:
+                process.kill()
+                raise RuntimeError(f"daphne did not start: {process.stderr.read().decode()[-2000:]}")
+            time.sleep(0.1)
+    yield url
+    process.terminate()
+    process.wait(10)
+
+
+@pytest.fixture
+def server(asgi_server, transactional_db):
+    return asgi_server
+
+
+@pytest.fixture
+def screenshot(page, request):
+    """Save a full-page screenshot under var/screenshots/ to look at."""
+    folder = settings.BASE_DIR / "var" / "screenshots"
+    folder.mkdir(parents=True, exist_ok=True)
+
+    def take(name: str):
+        page.screenshot(path=str(folder / f"{name}.png"), full_page=True)
+
+    return take
+
+
+@pytest.fixture
+def logged_in(page, server, alice):
+    from tests.conftest import PASSWORD
+
+    page.goto(f"{server}/login/")
+    page.get_by_label("Username").fill("alice")
+    page.get_by_label("Password").fill(PASSWORD)
+    page.get_by_role("button", name="Log in").click()
+    page.wait_for_url(f"{server}/experiments/")
+    return page
