@@ -183,7 +183,8 @@ def run(host: str, port: int) -> int:
 
 
 def test(pytest_args: list[str]) -> int:
-    env = dict(os.environ)
+    # Importing this package set DJANGO_SETTINGS_MODULE (webapp/celery.py); tests use their own.
+    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "webapp.settings_test"}
     private_redis = ensure_redis(env)
     try:
         return subprocess.run([PYTHON, "-m", "pytest", *pytest_args], env=env, cwd=BASE_DIR).returncode
