@@ -1,6 +1,7 @@
 """Celery and Channels start and work against a real Redis."""
 
 import asyncio
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from channels.layers import get_channel_layer
@@ -26,7 +27,10 @@ def test_the_redis_channel_layer_delivers_group_messages():
         await layer.group_discard("health.test", channel)
         return message
 
-    assert asyncio.run(round_trip()) == {"type": "health.pong", "echo": 42}
+    # Its own thread: Playwright's browser tests may keep an event loop running in this one.
+    with ThreadPoolExecutor(1) as pool:
+        message = pool.submit(asyncio.run, round_trip()).result(timeout=10)
+    assert message == {"type": "health.pong", "echo": 42}
 
 
 def test_a_private_redis_server_starts_and_stops_on_a_free_port():
