@@ -27,7 +27,6 @@ name_validator = RegexValidator(
     "Use letters, digits, '_', '.' or '-', starting with a letter or digit (at most 100 characters).",
 )
 PARAM_NAME = re.compile(r"-{0,2}[A-Za-z_][A-Za-z0-9_.-]*")
-RECORD_FILE_NAME = "flotilla_params.json"  # the per-member generation record
 
 
 class Launcher(models.TextChoices):

@@ -14,8 +14,8 @@ from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
 
 from . import specs
-from .generation import FileRefused, check_configurable, resolve_source
-from .models import RECORD_FILE_NAME, AttachedFile, Ensemble, Experiment, FileAction, Member, Strategy
+from .generation import RECORD_FILE_NAME, FileRefused, check_configurable, resolve_source
+from .models import AttachedFile, Ensemble, Experiment, FileAction, Member, Strategy
 
 
 def _save(instance, *, duplicate_message: str):

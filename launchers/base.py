@@ -1,0 +1,125 @@
+"""The launcher contract. Plain Python: no Django.
+
+A launcher starts jobs described by JobSpecs, reports their states in one
+batched call, and cancels them. Every launcher also writes (or lets its
+runner write) one status file per job, never deleted: files and the scheduler
+are the source of truth, and the database is rebuilt from them after a crash.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from abc import ABC, abstractmethod
+from dataclasses import asdict, dataclass, field
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+
+class LauncherError(Exception):
+    """A launcher could not do what was asked; the message is for the user."""
+
+
+class JobState(str, Enum):
+    QUEUED = "Queued"
+    RUNNING = "Running"
+    COMPLETED = "Completed"
+    FAILED = "Failed"
+    CANCELLED = "Cancelled"
+    LOST = "Lost"  # no process and no recorded exit: the runner died with it
+
+    @property
+    def terminal(self) -> bool:
+        return self in TERMINAL_STATES
+
+
+TERMINAL_STATES = frozenset({JobState.COMPLETED, JobState.FAILED, JobState.CANCELLED, JobState.LOST})
+
+
+@dataclass
+class JobSpec:
+    """One job: what to run, where, and where to write its output and status."""
+
+    key: str  # unique across the system (Flotilla uses the MemberRun id)
+    name: str
+    argv: list[str]
+    cwd: str
+    env: dict[str, str] = field(default_factory=dict)  # added to the launcher's environment
+    stdout: str = ""
+    stderr: str = ""
+    status_file: str = ""
+    resources: dict[str, Any] = field(default_factory=dict)  # nodes, time, account, queue... for schedulers
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class JobStatus:
+    state: JobState
+    job_id: str | None = None
+    returncode: int | None = None
+    signal: int | None = None
+    started: float | None = None  # epoch seconds
+    ended: float | None = None
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        data["state"] = self.state.value
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict) -> JobStatus:
+        return cls(
+            state=JobState(data["state"]),
+            job_id=data.get("job_id"),
+            returncode=data.get("returncode"),
+            signal=data.get("signal"),
+            started=data.get("started"),
+            ended=data.get("ended"),
+        )
+
+
+def write_json_atomic(path: str | os.PathLike, data: dict) -> None:
+    """Write a whole file or nothing (readers never see half a status)."""
+    path = Path(path)
+    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "w") as out:
+            json.dump(data, out)
+        os.replace(temporary, path)
+    except BaseException:
+        os.unlink(temporary)
+        raise
+
+
+def read_status(path: str | os.PathLike) -> JobStatus | None:
+    """The status a status file records, or None if there is none (yet)."""
+    try:
+        with open(path) as handle:
+            return JobStatus.from_dict(json.load(handle))
+    except FileNotFoundError:
+        return None
+    except (ValueError, KeyError):
+        return None  # a torn or foreign file: treated as no status
+
+
+class Launcher(ABC):
+    """Starts, observes and cancels jobs. Implementations: local, slurm, pbs, lsf."""
+
+    name: str
+
+    @abstractmethod
+    def submit(self, jobs: list[JobSpec], *, group: str, concurrency: int | None = None) -> None:
+        """Hand the jobs over and return at once; never waits for them to finish.
+        Submitting a job that was already submitted must not run it twice."""
+
+    @abstractmethod
+    def status(self, jobs: list[JobSpec]) -> dict[str, JobStatus]:
+        """The state of each job, by key, in one batched query."""
+
+    @abstractmethod
+    def cancel(self, jobs: list[JobSpec], *, group: str) -> None:
+        """Stop the jobs: queued ones never start, running ones are terminated."""

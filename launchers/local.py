@@ -1,0 +1,340 @@
+"""Local launcher: members run as processes on this machine.
+
+``submit`` writes a runner spec and starts a detached runner process
+(``python -m launchers.local <spec>``) in its own session, so restarting the
+web server or the Celery worker does not touch running members. The runner
+starts at most ``concurrency`` members at a time, each in its own process
+group, with stdout/stderr going to the member's ``.out``/``.err`` files.
+
+For every job it writes a status file (pid, start, end, exit code or signal)
+that is never deleted, and pushes an event to a Redis stream at once when a
+member starts or exits. A job is claimed by creating ``<status>.claim``
+exclusively before it starts, so a job submitted twice never runs twice.
+
+Cancel writes ``<status>.cancel``: a queued job never starts; the runner sends
+SIGTERM to a running job's group, then SIGKILL after a grace period.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+
+from .base import JobSpec, JobState, JobStatus, Launcher, LauncherError, read_status, write_json_atomic
+
+log = logging.getLogger("flotilla.launcher.local")
+
+PACKAGE_ROOT = Path(__file__).resolve().parent.parent
+# Server secrets and settings never reach members' environments.
+PRIVATE_ENV = {"SECRET_KEY", "DATABASE_URL", "REDIS_URL", "DJANGO_SETTINGS_MODULE", "DJANGO_ALLOW_ASYNC_UNSAFE"}
+PRIVATE_ENV_PREFIXES = ("FLOTILLA_", "CELERY_")
+
+
+def member_base_env(environ: dict[str, str] | None = None) -> dict[str, str]:
+    environ = dict(os.environ if environ is None else environ)
+    return {
+        key: value
+        for key, value in environ.items()
+        if key not in PRIVATE_ENV and not key.startswith(PRIVATE_ENV_PREFIXES)
+    }
+
+
+class EventSink:
+    """Pushes job events to a Redis stream; never lets Redis trouble stop a job."""
+
+    def __init__(self, redis_url: str | None, stream: str):
+        self.stream = stream
+        self.client = None
+        if redis_url:
+            import redis
+
+            self.client = redis.Redis.from_url(redis_url, socket_timeout=2, socket_connect_timeout=2)
+
+    def emit(self, key: str, group: str, status: JobStatus) -> None:
+        if self.client is None:
+            return
+        fields = {"key": key, "group": group, **{k: json.dumps(v) for k, v in status.to_dict().items()}}
+        try:
+            self.client.xadd(self.stream, fields, maxlen=200_000, approximate=True)
+        except Exception as error:  # the status file stays the source of truth
+            log.warning("could not push an event for %s: %s", key, error)
+
+
+def _claim(job: JobSpec) -> bool:
+    try:
+        os.close(os.open(job.status_file + ".claim", os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
+        return True
+    except FileExistsError:
+        return False
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie has exited already
+        with open(f"/proc/{pid}/stat") as handle:
+            return handle.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return True
+
+
+class LocalLauncher(Launcher):
+    name = "local"
+
+    def __init__(
+        self,
+        *,
+        work_dir: str | os.PathLike,
+        redis_url: str | None = None,
+        stream: str = "flotilla:events",
+        grace: float = 10.0,
+        base_env: dict[str, str] | None = None,
+        python: str = sys.executable,
+    ):
+        self.work_dir = Path(work_dir)
+        self.redis_url = redis_url
+        self.stream = stream
+        self.grace = grace
+        self.base_env = member_base_env() if base_env is None else base_env
+        self.python = python
+
+    # --- runners --------------------------------------------------------------
+
+    def _runner_pids(self) -> list[int]:
+        pids = []
+        for pid_file in self.work_dir.glob("runner-*.pid"):
+            try:
+                pid = int(pid_file.read_text())
+                with open(f"/proc/{pid}/cmdline", "rb") as handle:
+                    if pid_file.stem.encode() in handle.read() and _pid_alive(pid):
+                        pids.append(pid)
+            except (OSError, ValueError):
+                continue
+        return pids
+
+    def runner_alive(self) -> bool:
+        return bool(self._runner_pids())
+
+    def submit(self, jobs: list[JobSpec], *, group: str, concurrency: int | None = None) -> None:
+        if not jobs:
+            return
+        self.work_dir.mkdir(parents=True, exist_ok=True)
+        name = f"runner-{uuid.uuid4().hex[:12]}"
+        spec = {
+            "group": group,
+            "concurrency": concurrency or os.cpu_count() or 1,
+            "grace": self.grace,
+            "redis_url": self.redis_url,
+            "stream": self.stream,
+            "base_env": self.base_env,
+            "jobs": [job.to_dict() for job in jobs],
+        }
+        spec_path = self.work_dir / f"{name}.json"
+        write_json_atomic(spec_path, spec)
+        env = {**os.environ, "PYTHONPATH": str(PACKAGE_ROOT)}
+        try:
+            with open(self.work_dir / f"{name}.log", "ab") as runner_log:
+                # Own session: Ctrl-C or a restart of the caller does not reach members.
+                subprocess.Popen(
+                    [self.python, "-m", "launchers.local", str(spec_path)],
+                    stdin=subprocess.DEVNULL,
+                    stdout=runner_log,
+                    stderr=runner_log,
+                    env=env,
+                    cwd=PACKAGE_ROOT,
+                    start_new_session=True,
+                    close_fds=True,
+                )
+        except OSError as error:
+            raise LauncherError(f"could not start the local runner: {error}") from None
+
+    # --- observing --------------------------------------------------------------
+
+    def status(self, jobs: list[JobSpec]) -> dict[str, JobStatus]:
+        """From the status files. A job that was running when its runner died,
+        and whose process is gone, is Lost: nobody saw how it ended."""
+        runner_alive = None
+        result = {}
+        for job in jobs:
+            status = read_status(job.status_file)
+            if status is None:
+                status = JobStatus(JobState.QUEUED)
+            elif status.state == JobState.RUNNING and not _pid_alive(int(status.job_id)):
+                if runner_alive is None:
+                    runner_alive = self.runner_alive()
+                if not runner_alive:
+                    status = JobStatus(JobState.LOST, job_id=status.job_id, started=status.started, ended=time.time())
+            result[job.key] = status
+        return result
+
+    def unstarted(self, jobs: list[JobSpec]) -> list[JobSpec]:
+        """Jobs never claimed by any runner (to resubmit if their runner died)."""
+        return [job for job in jobs if not os.path.exists(job.status_file + ".claim")]
+
+    # --- cancelling ----------------------------------------------------------------
+
+    def cancel(self, jobs: list[JobSpec], *, group: str) -> None:
+        events = EventSink(self.redis_url, self.stream)
+        running = []
+        for job in jobs:
+            Path(job.status_file + ".cancel").touch()
+            if _claim(job):  # never started: it never will
+                status = JobStatus(JobState.CANCELLED, ended=time.time())
+                write_json_atomic(job.status_file, status.to_dict())
+                events.emit(job.key, group, status)
+            else:
+                running.append(job)
+        if not running:
+            return
+        runners = self._runner_pids()
+        for pid in runners:
+            try:
+                os.kill(pid, signal.SIGUSR1)  # the runner terminates, then kills after the grace period
+            except ProcessLookupError:
+                pass
+        if not runners:  # nobody to escalate: terminate the groups directly
+            for job in running:
+                status = read_status(job.status_file)
+                if status and status.state == JobState.RUNNING:
+                    try:
+                        os.killpg(int(status.job_id), signal.SIGTERM)
+                    except ProcessLookupError:
+                        pass
+
+
+class Runner:
+    """The detached process that runs one spec's jobs; see the module docstring."""
+
+    def __init__(self, spec_path: Path):
+        spec = json.loads(spec_path.read_text())
+        self.name = spec_path.stem
+        self.pid_file = spec_path.with_suffix(".pid")
+        self.group = spec["group"]
+        self.concurrency = max(1, int(spec["concurrency"]))
+        self.grace = float(spec["grace"])
+        self.base_env = spec["base_env"]
+        self.jobs = [JobSpec(**job) for job in spec["jobs"]]
+        self.events = EventSink(spec["redis_url"], spec["stream"])
+        self.lock = threading.Lock()
+        self.next_job = 0
+        self.running: dict[str, tuple[JobSpec, subprocess.Popen]] = {}
+        self.terminated: dict[str, float] = {}  # key -> when SIGTERM was sent
+        self.cancel_requested = threading.Event()
+
+    def record(self, job: JobSpec, status: JobStatus) -> None:
+        write_json_atomic(job.status_file, status.to_dict())
+        self.events.emit(job.key, self.group, status)
+
+    def take(self) -> JobSpec | None:
+        with self.lock:
+            if self.next_job >= len(self.jobs):
+                return None
+            job = self.jobs[self.next_job]
+            self.next_job += 1
+            return job
+
+    def run_one(self, job: JobSpec) -> None:
+        if not _claim(job):
+            return  # started (or cancelled) before, by this or another runner
+        if os.path.exists(job.status_file + ".cancel"):
+            self.record(job, JobStatus(JobState.CANCELLED, ended=time.time()))
+            return
+        started = time.time()
+        try:
+            with open(job.stdout, "ab") as out, open(job.stderr, "ab") as err:
+                process = subprocess.Popen(
+                    job.argv,
+                    cwd=job.cwd,
+                    env={**self.base_env, **job.env},
+                    stdin=subprocess.DEVNULL,
+                    stdout=out,
+                    stderr=err,
+                    start_new_session=True,  # its own process group, for cancel
+                    close_fds=True,
+                )
+        except OSError as error:
+            code = 127 if isinstance(error, FileNotFoundError) else 126
+            with open(job.stderr, "ab") as err:
+                err.write(f"flotilla: cannot run {job.argv[0]!r}: {error.strerror}\n".encode())
+            self.record(job, JobStatus(JobState.FAILED, returncode=code, started=started, ended=time.time()))
+            return
+        with self.lock:
+            self.running[job.key] = (job, process)
+        self.record(job, JobStatus(JobState.RUNNING, job_id=str(process.pid), started=started))
+        if os.path.exists(job.status_file + ".cancel"):
+            self.cancel_requested.set()  # cancelled while starting
+        returncode = process.wait()
+        ended = time.time()
+        with self.lock:
+            self.running.pop(job.key, None)
+            cancelled = self.terminated.pop(job.key, None) is not None
+        if cancelled:
+            state = JobState.CANCELLED
+        else:
+            state = JobState.COMPLETED if returncode == 0 else JobState.FAILED
+        self.record(
+            job,
+            JobStatus(
+                state,
+                job_id=str(process.pid),
+                returncode=returncode if returncode >= 0 else None,
+                signal=-returncode if returncode < 0 else None,
+                started=started,
+                ended=ended,
+            ),
+        )
+
+    def worker(self) -> None:
+        while (job := self.take()) is not None:
+            try:
+                self.run_one(job)
+            except Exception:
+                log.exception("job %s", job.key)
+
+    def canceller(self) -> None:
+        """Terminate the groups of cancelled running jobs; kill them after the grace period."""
+        while True:
+            self.cancel_requested.wait(timeout=1.0)
+            self.cancel_requested.clear()
+            now = time.time()
+            with self.lock:
+                running = list(self.running.values())
+            for job, process in running:
+                with self.lock:
+                    sent = self.terminated.get(job.key)
+                    if sent is None and os.path.exists(job.status_file + ".cancel"):
+                        self.terminated[job.key] = now
+                try:
+                    if sent is None and job.key in self.terminated:
+                        os.killpg(process.pid, signal.SIGTERM)
+                    elif sent is not None and now - sent >= self.grace:
+                        os.killpg(process.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+
+    def run(self) -> None:
+        self.pid_file.write_text(str(os.getpid()))
+        signal.signal(signal.SIGUSR1, lambda signum, frame: self.cancel_requested.set())
+        threading.Thread(target=self.canceller, daemon=True).start()
+        workers = [threading.Thread(target=self.worker) for _ in range(min(self.concurrency, len(self.jobs)))]
+        for thread in workers:
+            thread.start()
+        for thread in workers:
+            thread.join()
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    Runner(Path(sys.argv[1])).run()

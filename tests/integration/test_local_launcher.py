@@ -1,0 +1,148 @@
+"""The local launcher with real processes, a real runner and the real Redis stream."""
+
+import json
+import os
+import signal
+import sys
+import time
+import uuid
+
+import pytest
+import redis
+from django.conf import settings
+
+from launchers.base import JobSpec, JobState
+from launchers.local import LocalLauncher
+
+pytestmark = pytest.mark.integration
+PY = sys.executable
+
+
+def wait_for(condition, timeout=20.0, interval=0.02):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"condition not met within {timeout}s")
+
+
+@pytest.fixture
+def stream():
+    name = f"flotilla:test-events:{uuid.uuid4().hex}"
+    yield name
+    redis.Redis.from_url(settings.REDIS_URL).delete(name)
+
+
+@pytest.fixture
+def launcher(tmp_path, stream):
+    return LocalLauncher(work_dir=tmp_path / "run", redis_url=settings.REDIS_URL, stream=stream, grace=1.0)
+
+
+def job(tmp_path, key, argv, **extra):
+    folder = tmp_path / key
+    folder.mkdir(exist_ok=True)
+    (tmp_path / "status").mkdir(exist_ok=True)
+    return JobSpec(
+        key=key, name=key, argv=argv, cwd=str(folder), stdout=str(folder / f"{key}.out"),
+        stderr=str(folder / f"{key}.err"), status_file=str(tmp_path / "status" / f"{key}.json"), **extra,
+    )
+
+
+def settle(launcher, jobs, timeout=20.0):
+    return wait_for(
+        lambda: (s := launcher.status(jobs)) and all(v.state.terminal for v in s.values()) and s, timeout
+    )
+
+
+def test_exit_codes_signals_and_output_are_recorded(launcher, tmp_path):
+    jobs = [
+        job(tmp_path, "ok", [PY, "-c", "print('hello'); import sys; print('oops', file=sys.stderr)"]),
+        job(tmp_path, "fails", [PY, "-c", "raise SystemExit(3)"]),
+        job(tmp_path, "killed", [PY, "-c", "import os, signal; os.kill(os.getpid(), signal.SIGKILL)"]),
+        job(tmp_path, "missing", ["/no/such/program"]),
+    ]
+    launcher.submit(jobs, group="g1")
+    result = settle(launcher, jobs)
+    assert result["ok"].state == JobState.COMPLETED and result["ok"].returncode == 0
+    assert (tmp_path / "ok" / "ok.out").read_text() == "hello\n"
+    assert (tmp_path / "ok" / "ok.err").read_text() == "oops\n"
+    assert (result["fails"].state, result["fails"].returncode) == (JobState.FAILED, 3)
+    assert (result["killed"].state, result["killed"].signal) == (JobState.FAILED, signal.SIGKILL)
+    assert (result["missing"].state, result["missing"].returncode) == (JobState.FAILED, 127)
+    assert "cannot run" in (tmp_path / "missing" / "missing.err").read_text()
+    assert result["ok"].started <= result["ok"].ended
+
+
+def test_events_are_pushed_to_the_stream_as_members_start_and_exit(launcher, tmp_path, stream):
+    jobs = [job(tmp_path, "a", ["/bin/true"])]
+    launcher.submit(jobs, group="g2")
+    settle(launcher, jobs)
+    entries = redis.Redis.from_url(settings.REDIS_URL, decode_responses=True).xrange(stream)
+    states = [json.loads(fields["state"]) for _, fields in entries]
+    assert states == ["Running", "Completed"]
+    assert {fields["group"] for _, fields in entries} == {"g2"}
+
+
+def test_members_get_their_env_but_not_the_servers_secrets(tmp_path, stream):
+    launcher = LocalLauncher(
+        work_dir=tmp_path / "run", stream=stream, base_env={"PATH": os.environ["PATH"], "HOME": "/tmp"}
+    )
+    script = "import os, json; print(json.dumps({k: os.environ.get(k) for k in ['SSKEYOUT', 'SECRET_KEY', 'HOME']}))"
+    jobs = [job(tmp_path, "env", [PY, "-c", script], env={"SSKEYOUT": "ens_0"})]
+    launcher.submit(jobs, group="g3")
+    settle(launcher, jobs)
+    assert json.loads((tmp_path / "env" / "env.out").read_text()) == {"SSKEYOUT": "ens_0", "SECRET_KEY": None, "HOME": "/tmp"}
+
+
+def test_the_concurrency_limit_is_held(launcher, tmp_path):
+    script = "import time, sys; print(time.time()); time.sleep(0.3); print(time.time())"
+    jobs = [job(tmp_path, f"m{i}", [PY, "-c", script]) for i in range(6)]
+    launcher.submit(jobs, group="g4", concurrency=2)
+    settle(launcher, jobs)
+    spans = [tuple(map(float, (tmp_path / j.key / f"{j.key}.out").read_text().split())) for j in jobs]
+    moments = sorted({t for span in spans for t in span})
+    most_at_once = max(sum(start <= m < end for start, end in spans) for m in moments)
+    assert most_at_once == 2
+
+
+def test_a_job_submitted_twice_runs_once(launcher, tmp_path):
+    jobs = [job(tmp_path, f"m{i}", [PY, "-c", "print('ran')"]) for i in range(20)]
+    launcher.submit(jobs, group="g5", concurrency=2)
+    launcher.submit(jobs, group="g5", concurrency=2)
+    settle(launcher, jobs)
+    wait_for(lambda: not launcher.runner_alive())
+    assert all((tmp_path / j.key / f"{j.key}.out").read_text() == "ran\n" for j in jobs)
+
+
+def test_cancel_stops_running_jobs_and_queued_jobs_never_start(launcher, tmp_path):
+    sleeper = [PY, "-c", "import time; print('started', flush=True); time.sleep(60)"]
+    jobs = [job(tmp_path, f"s{i}", sleeper) for i in range(3)]
+    launcher.submit(jobs, group="g6", concurrency=1)
+    wait_for(lambda: launcher.status(jobs)["s0"].state == JobState.RUNNING)
+    launcher.cancel(jobs, group="g6")
+    result = settle(launcher, jobs, timeout=10)
+    assert result["s0"].state == JobState.CANCELLED and result["s0"].signal == signal.SIGTERM
+    assert [result[k].state for k in ("s1", "s2")] == [JobState.CANCELLED] * 2
+    assert not (tmp_path / "s1" / "s1.out").exists()
+
+
+def test_a_job_that_ignores_sigterm_is_killed_after_the_grace_period(launcher, tmp_path):
+    stubborn = [PY, "-c", "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print('up', flush=True); time.sleep(60)"]
+    jobs = [job(tmp_path, "stubborn", stubborn)]
+    launcher.submit(jobs, group="g7")
+    wait_for(lambda: (tmp_path / "stubborn" / "stubborn.out").exists() and (tmp_path / "stubborn" / "stubborn.out").read_text())
+    launcher.cancel(jobs, group="g7")
+    result = settle(launcher, jobs, timeout=10)
+    assert (result["stubborn"].state, result["stubborn"].signal) == (JobState.CANCELLED, signal.SIGKILL)
+
+
+def test_members_survive_their_runner_and_end_as_lost(launcher, tmp_path):
+    jobs = [job(tmp_path, "orphan", [PY, "-c", "import time; time.sleep(0.5)"])]
+    launcher.submit(jobs, group="g8")
+    wait_for(lambda: launcher.status(jobs)["orphan"].state == JobState.RUNNING)
+    for pid_file in (tmp_path / "run").glob("runner-*.pid"):
+        os.kill(int(pid_file.read_text()), signal.SIGKILL)
+    result = settle(launcher, jobs, timeout=10)
+    assert result["orphan"].state == JobState.LOST
