@@ -194,6 +194,12 @@ class EnsembleForm(SettingsForm):
     replicas = forms.IntegerField(label="Replicas", min_value=1, max_value=1_000_000, initial=1, help_text="Copies of every combination.")
     key_prefixing = forms.BooleanField(label="Prefix the members' database keys (SSKEYOUT)", required=False, initial=True)
     tag = forms.CharField(label="Tag", max_length=10, initial=";", help_text="Configured files replace <tag>NAME<tag>.")
+    results_file = forms.CharField(
+        label="Results file",
+        required=False,
+        max_length=255,
+        help_text="A JSON file each member writes in its folder, e.g. results.json; its numbers are plotted against the parameters.",
+    )
 
     def ensemble_spec(self, rows: list[dict]) -> dict:
         data = self.cleaned_data
@@ -208,6 +214,7 @@ class EnsembleForm(SettingsForm):
             "replicas": data["replicas"],
             "key_prefixing": data["key_prefixing"],
             "tag": data["tag"],
+            "results_file": data["results_file"],
             **self.settings_spec(),
         }
 
@@ -284,3 +291,13 @@ class AttachFileForm(ApplyErrorsMixin, forms.Form):
             raise ValidationError("Give either a server path or a file to upload.")
         return data
 
+
+
+class LaunchForm(forms.Form):
+    concurrency = forms.IntegerField(
+        label="Members at once",
+        required=False,
+        min_value=1,
+        max_value=4096,
+        help_text="Local launcher: how many members run at the same time (empty: one per CPU).",
+    )

@@ -26,6 +26,9 @@ name_validator = RegexValidator(
     rf"^{NAME_PATTERN}\Z",
     "Use letters, digits, '_', '.' or '-', starting with a letter or digit (at most 100 characters).",
 )
+results_file_validator = RegexValidator(
+    r"^(?!/)(?!.*(^|/)\.\.(/|$))[^\x00]+\Z", "A path relative to the member directory, e.g. results.json."
+)
 PARAM_NAME = re.compile(r"-{0,2}[A-Za-z_][A-Za-z0-9_.-]*")
 
 
@@ -119,6 +122,8 @@ class Ensemble(models.Model):
     batch_settings = models.JSONField(null=True, blank=True, validators=[validate_batch_settings])
     key_prefixing = models.BooleanField(default=True)  # SmartSim turns it on for expanded members
     tag = models.CharField(max_length=10, default=";")
+    # A JSON file each member writes into its directory; its numeric fields are collected on completion.
+    results_file = models.CharField(max_length=255, blank=True, validators=[results_file_validator])
     created = models.DateTimeField(auto_now_add=True)
     updated = models.DateTimeField(auto_now=True)
 
@@ -260,3 +265,132 @@ class AttachedFile(models.Model):
     @property
     def name(self) -> str:
         return Path(self.path).name
+
+
+class MemberStatus(models.TextChoices):
+    NEW = "New"
+    QUEUED = "Queued"
+    RUNNING = "Running"
+    COMPLETED = "Completed"
+    FAILED = "Failed"
+    CANCELLED = "Cancelled"
+    LOST = "Lost"
+
+
+TERMINAL_STATUSES = (MemberStatus.COMPLETED, MemberStatus.FAILED, MemberStatus.CANCELLED, MemberStatus.LOST)
+# Statuses only move forward; the first terminal status recorded wins.
+STATUS_RANK = {MemberStatus.NEW: 0, MemberStatus.QUEUED: 1, MemberStatus.RUNNING: 2, **{s: 3 for s in TERMINAL_STATUSES}}
+
+
+class SubmitState(models.TextChoices):
+    PENDING = "pending", "Waiting for a worker"
+    SUBMITTING = "submitting", "Submitting"
+    SUBMITTED = "submitted", "Submitted"
+    FAILED = "failed", "Submission failed"
+
+
+class Run(models.Model):
+    """One launch of an experiment's ensembles and models (SmartSim's RunID)."""
+
+    experiment = models.ForeignKey(Experiment, on_delete=models.CASCADE, related_name="runs")
+    number = models.PositiveIntegerField()  # 1, 2, ... within the experiment
+    launcher = models.CharField(max_length=10, choices=Launcher.choices)
+    concurrency = models.PositiveIntegerField(null=True, blank=True)  # local: members at once; None = CPUs
+    # Attached files per ensemble/model name, frozen at launch: {"<entity>": {"copy": [...], ..., "tag": ";"}}
+    generation = models.JSONField(default=dict)
+    submit_state = models.CharField(max_length=12, choices=SubmitState.choices, default=SubmitState.PENDING)
+    submit_error = models.TextField(blank=True)
+    claimed_at = models.DateTimeField(null=True, blank=True)
+    claimed_by = models.CharField(max_length=200, blank=True)  # "<host>:<pid>" of the submitting worker process
+    created = models.DateTimeField(auto_now_add=True)
+    finished = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created"]
+        constraints = [models.UniqueConstraint(fields=["experiment", "number"], name="run_number_unique_in_experiment")]
+
+    def __str__(self):
+        return f"{self.experiment.name} run {self.number}"
+
+    @property
+    def work_dir(self) -> Path:
+        return settings.DATA_DIR / "runs" / str(self.pk)
+
+
+class MemberKind(models.TextChoices):
+    GENERATED = "generated", "Expanded from the parameters"
+    ADDED = "added", "Added to the ensemble by hand"
+    MODEL = "model", "Standalone model"
+
+
+class MemberRun(models.Model):
+    """One attempt at running one member. A re-run is a new row linked to the previous attempt."""
+
+    run = models.ForeignKey(Run, on_delete=models.CASCADE, related_name="members")
+    ensemble = models.ForeignKey(Ensemble, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    kind = models.CharField(max_length=10, choices=MemberKind.choices, default=MemberKind.GENERATED)
+    entity = models.CharField(max_length=100)  # the ensemble's name, or the standalone model's own name
+    name = models.CharField(max_length=200)
+    position = models.PositiveIntegerField()  # order within the run
+    params = models.JSONField(default=dict)
+    argv = models.JSONField(default=list)
+    env = models.JSONField(default=dict)
+    cwd = models.CharField(max_length=4096)
+    status = models.CharField(max_length=10, choices=MemberStatus.choices, default=MemberStatus.NEW)
+    attempt = models.PositiveIntegerField(default=1)
+    previous = models.OneToOneField("self", null=True, blank=True, on_delete=models.SET_NULL, related_name="next")
+    latest = models.BooleanField(default=True)  # False once re-run
+    job_id = models.CharField(max_length=64, blank=True)
+    returncode = models.IntegerField(null=True, blank=True)
+    signal = models.IntegerField(null=True, blank=True)
+    started = models.DateTimeField(null=True, blank=True)
+    ended = models.DateTimeField(null=True, blank=True)
+    error = models.TextField(blank=True)
+    results = models.JSONField(null=True, blank=True)
+    updated = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["position", "attempt"]
+        indexes = [
+            models.Index(fields=["run", "latest", "status"]),
+            models.Index(fields=["run", "latest", "position"]),
+        ]
+
+    def __str__(self):
+        return self.name
+
+    @property
+    def files_key(self) -> str:
+        """Its entry in Run.generation: the ensemble's files, or its own (added members, models)."""
+        return self.entity if self.kind == MemberKind.GENERATED else self.name
+
+    @property
+    def status_file(self) -> str:
+        return str(self.run.work_dir / "status" / f"{self.pk}.json")
+
+    @property
+    def stdout(self) -> str:
+        return str(Path(self.cwd) / f"{self.name}.out")
+
+    @property
+    def stderr(self) -> str:
+        return str(Path(self.cwd) / f"{self.name}.err")
+
+    @property
+    def runtime(self) -> float | None:
+        if self.started and self.ended:
+            return (self.ended - self.started).total_seconds()
+        return None
+
+
+class StatusEvent(models.Model):
+    """Every status a member went through, for the plots of a run over time."""
+
+    run = models.ForeignKey(Run, on_delete=models.CASCADE, related_name="events")
+    member = models.ForeignKey(MemberRun, on_delete=models.CASCADE, related_name="events")
+    status = models.CharField(max_length=10, choices=MemberStatus.choices)
+    at = models.DateTimeField()
+
+    class Meta:
+        ordering = ["at", "id"]
+        indexes = [models.Index(fields=["run", "at"])]

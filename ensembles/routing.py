@@ -4,4 +4,6 @@ from . import consumers
 
 websocket_urlpatterns = [
     path("ws/health/", consumers.HealthConsumer.as_asgi()),
+    path("ws/runs/<int:pk>/", consumers.RunConsumer.as_asgi()),
+    path("ws/member-runs/<int:pk>/log/<str:stream>/", consumers.LogTailConsumer.as_asgi()),
 ]

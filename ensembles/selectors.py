@@ -3,6 +3,7 @@ user may see, and objects of others are a 404 (they are not even said to exist).
 
 from __future__ import annotations
 
+import os
 import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,8 +15,19 @@ from django.shortcuts import get_object_or_404
 from . import plots
 from .expansion import ParameterSpace
 from .generation import Rendered, render_tags
-from .models import AttachedFile, Ensemble, Experiment, FileAction, Member
+from .models import (
+    TERMINAL_STATUSES,
+    AttachedFile,
+    Ensemble,
+    Experiment,
+    FileAction,
+    Member,
+    MemberRun,
+    MemberStatus,
+    Run,
+)
 from .specs import member_argv
+from .values import infer_type
 
 PREVIEW_PAGE_SIZE = 20
 MAX_PREVIEW_FILE_BYTES = 256 * 1024
@@ -157,3 +169,182 @@ def configured_file_preview(path: Path, label: str, params: dict, tag: str) -> R
     except OSError as error:
         return RenderedFile(label, error=f"Cannot read {label}: {error.strerror}")
     return RenderedFile(label, render_tags(text, params, tag), truncated=len(data) > MAX_PREVIEW_FILE_BYTES)
+
+
+# --- runs ----------------------------------------------------------------------
+
+MEMBER_SORTS = {
+    "position": ["position"],
+    "started": ["started", "position"],
+    "-started": ["-started", "position"],
+    "ended": ["ended", "position"],
+    "-ended": ["-ended", "position"],
+    "returncode": ["returncode", "position"],
+    "-returncode": ["-returncode", "position"],
+}
+MAX_MEMBERS_PAGE = 1000
+
+
+def runs_visible_to(user) -> QuerySet[Run]:
+    return Run.objects.filter(experiment__in=experiments_visible_to(user))
+
+
+def run_get(user, pk: int) -> Run:
+    return get_object_or_404(runs_visible_to(user).select_related("experiment"), pk=pk)
+
+
+def member_run_get(user, pk: int) -> MemberRun:
+    return get_object_or_404(
+        MemberRun.objects.select_related("run__experiment", "previous").filter(run__in=runs_visible_to(user)), pk=pk
+    )
+
+
+def _status_counts(queryset) -> dict[str, int]:
+    counts = {status: 0 for status in MemberStatus.values}
+    for row in queryset.values("status").annotate(n=Count("id")):
+        counts[row["status"]] = row["n"]
+    return counts
+
+
+def run_summary(run_id: int) -> dict:
+    """The run, its member counts by status and its progress (two queries)."""
+    run = Run.objects.select_related("experiment").get(pk=run_id)
+    counts = _status_counts(MemberRun.objects.filter(run_id=run_id, latest=True))
+    total = sum(counts.values())
+    done = sum(counts[s] for s in TERMINAL_STATUSES)
+    return {
+        "run": run,
+        "counts": counts,
+        "total": total,
+        "done": done,
+        "percent": round(100 * done / total) if total else 100,
+        "failed_or_cancelled": counts[MemberStatus.FAILED] + counts[MemberStatus.CANCELLED] + counts[MemberStatus.LOST],
+        "active": run.finished is None,
+    }
+
+
+def member_rows(run_id: int, member_ids: list[int]) -> list[MemberRun]:
+    return list(MemberRun.objects.filter(run_id=run_id, pk__in=member_ids, latest=True).order_by("position"))
+
+
+@dataclass
+class MemberPage:
+    rows: list
+    page: int
+    pages: int
+    count: int
+    page_size: int
+    status: str
+    param: str
+    value: str
+    sort: str
+
+
+def run_members_page(run: Run, *, status="", param="", value="", sort="position", page=1, page_size=100) -> MemberPage:
+    """One page of the run's latest attempts, filtered by status and by a parameter's value."""
+    members = MemberRun.objects.filter(run=run, latest=True)
+    if status in MemberStatus.values:
+        members = members.filter(status=status)
+    else:
+        status = ""
+    if param and "__" not in param and value != "":
+        typed = infer_type(value)
+        members = members.filter(Q(**{f"params__{param}": typed}) | Q(**{f"params__{param}": value}))
+    sort = sort if sort in MEMBER_SORTS else "position"
+    page_size = min(max(1, page_size), MAX_MEMBERS_PAGE)
+    count = members.count()
+    pages = max(1, -(-count // page_size))
+    page = min(max(1, page), pages)
+    rows = list(members.order_by(*MEMBER_SORTS[sort])[(page - 1) * page_size : page * page_size])
+    return MemberPage(rows, page, pages, count, page_size, status, param, value, sort)
+
+
+def runs_of(experiment: Experiment) -> list[Run]:
+    """The experiment's runs with their counts by status (two queries)."""
+    runs = list(experiment.runs.all())
+    counts = {run.pk: {s: 0 for s in MemberStatus.values} for run in runs}
+    rows = MemberRun.objects.filter(run__in=runs, latest=True).values("run_id", "status").annotate(n=Count("id"))
+    for row in rows:
+        counts[row["run_id"]][row["status"]] = row["n"]
+    for run in runs:
+        run.counts = counts[run.pk]
+        run.total = sum(run.counts.values())
+    return runs
+
+
+def member_files(member: MemberRun) -> list[dict]:
+    """The member directory's entries (not following links out of it)."""
+    folder = Path(member.cwd)
+    entries = []
+    try:
+        with os.scandir(folder) as scan:
+            for entry in sorted(scan, key=lambda e: e.name):
+                is_link = entry.is_symlink()
+                entries.append(
+                    {
+                        "name": entry.name,
+                        "is_dir": entry.is_dir(follow_symlinks=False),
+                        "is_link": is_link,
+                        "size": entry.stat(follow_symlinks=False).st_size,
+                        "target": os.readlink(entry.path) if is_link else "",
+                    }
+                )
+    except OSError:
+        return []
+    return entries
+
+
+def member_file_path(member: MemberRun, name: str) -> Path | None:
+    """A regular file directly inside the member directory, or None: nothing else is ever served."""
+    if not name or "/" in name or name in (".", ".."):
+        return None
+    folder = Path(member.cwd).resolve()
+    path = folder / name
+    if path.is_symlink() or not path.is_file() or path.resolve().parent != folder:
+        return None
+    return path
+
+
+def run_param_names(run: Run) -> list[str]:
+    """Parameter names of the run's members, from one member (one query)."""
+    first = MemberRun.objects.filter(run=run).order_by("position").values_list("params", flat=True).first()
+    return list(first or {})
+
+
+def member_attempts(member: MemberRun) -> list[MemberRun]:
+    """Every attempt of this member in its run, first to last."""
+    return list(MemberRun.objects.filter(run_id=member.run_id, position=member.position).order_by("attempt"))
+
+
+EXPORT_FIELDS = ["name", "entity", "attempt", "status", "job_id", "returncode", "signal", "started", "ended", "runtime", "cwd"]
+
+
+def run_export_rows(run: Run) -> list[dict]:
+    rows = []
+    for member in MemberRun.objects.filter(run=run, latest=True).order_by("position").iterator(chunk_size=2000):
+        rows.append(
+            {
+                "name": member.name,
+                "entity": member.entity,
+                "attempt": member.attempt,
+                "status": member.status,
+                "job_id": member.job_id,
+                "returncode": member.returncode,
+                "signal": member.signal,
+                "started": member.started.isoformat() if member.started else None,
+                "ended": member.ended.isoformat() if member.ended else None,
+                "runtime": member.runtime,
+                "cwd": member.cwd,
+                "params": member.params,
+                "results": member.results,
+            }
+        )
+    return rows
+
+
+def export_columns(rows: list[dict]) -> list[str]:
+    params, results = {}, {}
+    for row in rows:
+        params.update(dict.fromkeys(row["params"] or {}))
+        results.update(dict.fromkeys(row["results"] or {}))
+    return EXPORT_FIELDS + [f"params.{k}" for k in params] + [f"results.{k}" for k in results]

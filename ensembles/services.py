@@ -4,18 +4,46 @@ selectors, which only return what the user may see."""
 
 from __future__ import annotations
 
+import json
+import math
+import os
 import random
 import shutil
+import socket
+import sys
 import uuid
+from datetime import datetime, timedelta
+from datetime import timezone as dt_timezone
 from pathlib import Path
 
 from django.conf import settings
-from django.core.exceptions import ValidationError
+from django.core.exceptions import PermissionDenied, ValidationError
+from django.core.files import File
 from django.db import IntegrityError, transaction
+from django.db.models import Max
+from django.utils import timezone
 
-from . import specs
-from .generation import RECORD_FILE_NAME, FileRefused, check_configurable, resolve_source
-from .models import AttachedFile, Ensemble, Experiment, FileAction, Member, Strategy
+from launchers.base import JobState, JobStatus, LauncherError
+
+from . import realtime, specs
+from .generation import RECORD_FILE_NAME, FileRefused, Generator, check_configurable, discard_later, resolve_source
+from .launching import STATE_TO_STATUS, job_spec, launcher_for
+from .models import (
+    STATUS_RANK,
+    TERMINAL_STATUSES,
+    AttachedFile,
+    Ensemble,
+    Experiment,
+    FileAction,
+    Member,
+    MemberKind,
+    MemberRun,
+    MemberStatus,
+    Run,
+    StatusEvent,
+    Strategy,
+    SubmitState,
+)
 
 
 def _save(instance, *, duplicate_message: str):
@@ -144,3 +172,421 @@ def file_detach(*, attached: AttachedFile) -> None:
         if path.is_relative_to(settings.UPLOAD_DIR):
             shutil.rmtree(path.parent, ignore_errors=True)
     attached.delete()
+
+
+# --- runs ----------------------------------------------------------------------
+
+
+def owner_folder(user) -> str:
+    """The owner's folder under FLOTILLA_DATA_DIR (a username may legally be '.' or '..')."""
+    return user.get_username() if user.get_username() not in {".", ".."} else f"user-{user.pk}"
+
+
+def _files_of(owner) -> dict:
+    files = {action: [] for action in FileAction.values}
+    for attached in owner.files.all():
+        files[attached.action].append(attached.path)
+    return {"copy": files["copy"], "symlink": files["symlink"], "configure": files["configure"]}
+
+
+def _resolve_launcher(experiment: Experiment) -> str:
+    if experiment.launcher in ("local", "auto"):
+        # auto: a machine with no scheduler commands runs members locally (SmartSim's detect_launcher).
+        if experiment.launcher == "auto" and any(shutil.which(c) for c in ("sbatch", "qsub", "bsub")):
+            raise ValidationError("A batch scheduler was detected, but only the local launcher is available yet.")
+        return "local"
+    raise ValidationError(f"The {experiment.get_launcher_display()} launcher is not available yet; use Local processes.")
+
+
+def run_launch(*, user, experiment: Experiment, concurrency: int | None = None) -> Run:
+    """Create a run with one MemberRun per member, in bulk, and submit it after commit.
+
+    Refuses (ValidationError) an experiment with nothing to launch, an empty
+    ensemble, too many members, or another run still active.
+    """
+    if experiment.owner_id != user.pk:
+        raise PermissionDenied
+    launcher = _resolve_launcher(experiment)
+    ensembles = list(experiment.ensembles.prefetch_related("members", "files"))
+    models = list(experiment.members.filter(ensemble__isnull=True).prefetch_related("files"))
+    if not ensembles and not models:
+        raise ValidationError("Nothing to launch: add an ensemble or a model first.")
+    spaces = {}
+    total = 0
+    for ensemble in ensembles:
+        try:
+            spaces[ensemble.pk] = space = ensemble.space()
+        except ValidationError as error:
+            raise ValidationError(f"Ensemble '{ensemble.name}' is invalid: {' '.join(error.messages)}") from None
+        size = len(space) + len(ensemble.members.all())
+        if size == 0:
+            detail = " ".join(space.warnings)
+            raise ValidationError(f"Ensemble '{ensemble.name}' has no members, so there is nothing to launch. {detail}".strip())
+        total += size
+    total += len(models)
+    if total > settings.MAX_MEMBERS_PER_RUN:
+        raise ValidationError(
+            f"This launch would create {total:,} members; at most {settings.MAX_MEMBERS_PER_RUN:,} are allowed in one run "
+            "(FLOTILLA_MAX_MEMBERS_PER_RUN). Sample fewer with the random strategy."
+        )
+    root = settings.DATA_DIR / owner_folder(user) / experiment.name
+    with transaction.atomic():
+        Experiment.objects.select_for_update().get(pk=experiment.pk)  # one launch at a time per experiment
+        active = experiment.runs.filter(finished__isnull=True).first()
+        if active:
+            raise ValidationError(f"Run {active.number} of this experiment is still active: stop it or wait for it to end.")
+        generation = {e.name: {**_files_of(e), "tag": e.tag} for e in ensembles}
+        generation.update({m.name: {**_files_of(m), "tag": ";"} for m in models})
+        for ensemble in ensembles:
+            for member in ensemble.members.all():  # the ensemble's files, then its own
+                own, shared = _files_of(member), generation[ensemble.name]
+                generation[member.name] = {key: shared[key] + own[key] for key in own} | {"tag": ensemble.tag}
+        run = Run.objects.create(
+            experiment=experiment,
+            number=(experiment.runs.aggregate(n=Max("number"))["n"] or 0) + 1,
+            launcher=launcher,
+            concurrency=concurrency,
+            generation=generation,
+        )
+        MemberRun.objects.bulk_create(_member_rows(run, root, ensembles, spaces, models), batch_size=2000)
+        transaction.on_commit(lambda: _enqueue("run_submit", run.pk))
+    return run
+
+
+def _member_rows(run, root, ensembles, spaces, models):
+    position = 0
+
+    def row(kind, entity, name, params, settings_, params_as_args, key_prefixing, cwd, ensemble=None):
+        nonlocal position
+        position += 1
+        return MemberRun(
+            run=run,
+            ensemble=ensemble,
+            kind=kind,
+            entity=entity,
+            name=name,
+            position=position,
+            params=params,
+            argv=specs.member_argv(settings_, params, params_as_args),
+            env=specs.member_env(settings_, name, key_prefixing=key_prefixing),
+            cwd=str(cwd),
+        )
+
+    for ensemble in ensembles:
+        for index, params in enumerate(spaces[ensemble.pk]):
+            name = ensemble.member_name(index)
+            yield row(MemberKind.GENERATED, ensemble.name, name, params, ensemble.run_settings, ensemble.params_as_args,
+                      ensemble.key_prefixing, root / ensemble.name / name, ensemble)
+        for member in ensemble.members.all():
+            yield row(MemberKind.ADDED, ensemble.name, member.name, member.param_dict(), member.run_settings, member.params_as_args,
+                      member.key_prefixing, root / ensemble.name / member.name, ensemble)
+    for model in models:
+        yield row(MemberKind.MODEL, model.name, model.name, model.param_dict(), model.run_settings, model.params_as_args,
+                  model.key_prefixing, root / model.name)
+
+
+def _enqueue(task_name: str, *args) -> None:
+    from . import tasks
+
+    getattr(tasks, task_name).delay(*args)
+
+
+def _record_events(members: list[MemberRun], status: str, at=None) -> None:
+    at = at or timezone.now()
+    StatusEvent.objects.bulk_create(
+        [StatusEvent(run_id=m.run_id, member_id=m.pk, status=status, at=at) for m in members], batch_size=2000
+    )
+
+
+def run_submit(*, run_id: int) -> bool:
+    """Generate the new members' directories and hand them to the launcher.
+
+    Claimed with a conditional UPDATE, so a task delivered twice submits once;
+    a job already started by a runner is never generated or submitted again.
+    Returns at once: nothing here waits for a simulation.
+    """
+    claimed = Run.objects.filter(pk=run_id, submit_state=SubmitState.PENDING).update(
+        submit_state=SubmitState.SUBMITTING, claimed_at=timezone.now(), claimed_by=f"{socket.gethostname()}:{os.getpid()}"
+    )
+    if not claimed:
+        return False
+    run = Run.objects.get(pk=run_id)
+    try:
+        launcher = launcher_for(run)
+        members = list(run.members.filter(latest=True, status=MemberStatus.NEW).order_by("position"))
+        _submit_members(run, launcher, members)
+    except LauncherError as error:
+        Run.objects.filter(pk=run_id).update(submit_state=SubmitState.FAILED, submit_error=str(error))
+        _fail_members(run.members.filter(latest=True, status=MemberStatus.NEW), str(error))
+        return False
+    Run.objects.filter(pk=run_id, submit_state=SubmitState.SUBMITTING).update(submit_state=SubmitState.SUBMITTED)
+    return True
+
+
+def _fail_members(members, error: str) -> None:
+    members = list(members)
+    now = timezone.now()
+    failed = MemberRun.objects.filter(pk__in=[m.pk for m in members], status=MemberStatus.NEW).update(
+        status=MemberStatus.FAILED, error=error, ended=now, updated=now
+    )
+    if failed:
+        _record_events(members, MemberStatus.FAILED, now)
+        realtime.run_changed(members[0].run_id, [m.pk for m in members])
+
+
+def _mark_queued(run: Run, members: list[MemberRun]) -> None:
+    now = timezone.now()
+    queued = MemberRun.objects.filter(pk__in=[m.pk for m in members], status=MemberStatus.NEW)
+    queued_ids = set(queued.values_list("pk", flat=True))
+    queued.update(status=MemberStatus.QUEUED, updated=now)
+    _record_events([m for m in members if m.pk in queued_ids], MemberStatus.QUEUED, now)
+    realtime.run_changed(run.pk, sorted(queued_ids))
+
+
+def _submit_members(run: Run, launcher, members: list[MemberRun]) -> None:
+    (run.work_dir / "status").mkdir(parents=True, exist_ok=True)
+    if launcher.runner_alive():
+        # A submission that died after starting its runner: that runner has every job.
+        _mark_queued(run, members)
+        return
+    jobs = {m.pk: job_spec(m) for m in members}
+    unstarted = {job.key for job in launcher.unstarted(list(jobs.values()))}
+    roots = [*settings.FILE_ROOTS, settings.UPLOAD_DIR]
+    ready, failures, trash = [], {}, []
+    by_entity: dict[str, list[MemberRun]] = {}
+    for member in members:
+        by_entity.setdefault(member.files_key, []).append(member)
+    for entity, group in by_entity.items():
+        files = run.generation.get(entity, {})
+        try:
+            generator = Generator(roots=roots, **files)
+        except (FileRefused, OSError, UnicodeDecodeError) as error:
+            failures.update({m.pk: f"Cannot prepare the files of {entity}: {error}" for m in group})
+            continue
+        for member in group:
+            if str(member.pk) not in unstarted:
+                continue  # a runner has it already
+            try:
+                generator.generate(Path(member.cwd), member.name, member.params, trash=trash)
+                ready.append(member)
+            except (OSError, FileRefused) as error:
+                failures[member.pk] = f"Cannot create the member directory: {error}"
+    discard_later(trash)
+    for error in set(failures.values()):
+        _fail_members([m for m in members if failures.get(m.pk) == error], error)
+    if ready:
+        launcher.submit([jobs[m.pk] for m in ready], group=str(run.pk), concurrency=run.concurrency)
+        _mark_queued(run, ready)
+
+
+def _cancel(run: Run, members: list[MemberRun]) -> None:
+    if members:
+        (run.work_dir / "status").mkdir(parents=True, exist_ok=True)
+        launcher_for(run).cancel([job_spec(m) for m in members], group=str(run.pk))
+
+
+def run_cancel(*, run_id: int) -> None:
+    """Stop every unfinished member: queued ones never start, running ones are terminated."""
+    run = Run.objects.get(pk=run_id)
+    _cancel(run, list(run.members.filter(latest=True).exclude(status__in=TERMINAL_STATUSES)))
+
+
+def member_cancel(*, member_id: int) -> None:
+    member = MemberRun.objects.select_related("run").get(pk=member_id)
+    if member.status not in TERMINAL_STATUSES:
+        _cancel(member.run, [member])
+
+
+RERUNNABLE = (MemberStatus.FAILED, MemberStatus.CANCELLED, MemberStatus.LOST)
+
+
+def run_rerun_failed(*, run_id: int) -> int:
+    """A new attempt for every failed, cancelled or lost member; the old attempt's
+    directory is kept under ``.attempts/`` and linked from the new one."""
+    with transaction.atomic():
+        run = Run.objects.select_for_update().get(pk=run_id)
+        if run.submit_state in (SubmitState.PENDING, SubmitState.SUBMITTING):
+            raise ValidationError("The run is still being submitted; try again in a moment.")
+        old = list(run.members.select_for_update().filter(latest=True, status__in=RERUNNABLE))
+        if not old:
+            return 0
+        fresh = []
+        for member in old:
+            archive = Path(member.cwd).parent / ".attempts" / f"{member.name}.{member.attempt}"
+            if Path(member.cwd).exists():
+                archive.parent.mkdir(parents=True, exist_ok=True)
+                os.rename(member.cwd, archive)
+            fresh.append(
+                MemberRun(
+                    run=run, ensemble_id=member.ensemble_id, kind=member.kind, entity=member.entity, name=member.name,
+                    position=member.position, params=member.params, argv=member.argv, env=member.env,
+                    cwd=member.cwd, attempt=member.attempt + 1, previous=member,
+                )
+            )
+            member.latest = False
+            if archive.exists():
+                member.cwd = str(archive)
+        MemberRun.objects.bulk_update(old, ["latest", "cwd"], batch_size=2000)
+        MemberRun.objects.bulk_create(fresh, batch_size=2000)
+        Run.objects.filter(pk=run.pk).update(submit_state=SubmitState.PENDING, finished=None, submit_error="")
+        transaction.on_commit(lambda: _enqueue("run_submit", run.pk))
+    return len(fresh)
+
+
+def _collect_results(member: MemberRun, results_file: str) -> dict | None:
+    """The numeric top-level fields of the member's results JSON (at most 1 MB, inside its folder)."""
+    folder = Path(member.cwd).resolve()
+    path = (folder / results_file).resolve()
+    if not path.is_relative_to(folder) or not path.is_file() or path.stat().st_size > 1024 * 1024:
+        return None
+    try:
+        data = json.loads(path.read_text())
+    except (ValueError, OSError):
+        return None
+    if not isinstance(data, dict):
+        return None
+    return {
+        key: value
+        for key, value in data.items()
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    }
+
+
+def _timestamp(epoch: float | None):
+    return datetime.fromtimestamp(epoch, tz=dt_timezone.utc) if epoch else None
+
+
+def member_runs_apply(statuses: dict[int, JobStatus]) -> dict[int, list[int]]:
+    """Apply launcher statuses in bulk. Statuses only move forward (the first terminal
+    one wins), so events replayed or read twice change nothing. Returns the changed
+    member ids by run."""
+    members = MemberRun.objects.select_related("ensemble").in_bulk(list(statuses))
+    now = timezone.now()
+    changed, events = [], []
+    for pk, status in statuses.items():
+        member = members.get(pk)
+        if member is None:
+            continue
+        new = STATE_TO_STATUS[status.state]
+        if STATUS_RANK[new] <= STATUS_RANK[member.status]:
+            continue
+        if new != MemberStatus.RUNNING and member.status != MemberStatus.RUNNING and status.started:
+            # The Running event was missed (or came in the same batch): keep the history whole.
+            events.append(StatusEvent(run_id=member.run_id, member_id=pk, status=MemberStatus.RUNNING, at=_timestamp(status.started)))
+        member.status = new
+        member.job_id = status.job_id or member.job_id
+        member.returncode = status.returncode
+        member.signal = status.signal
+        member.started = _timestamp(status.started) or member.started
+        member.ended = _timestamp(status.ended)
+        member.updated = now
+        if new == MemberStatus.COMPLETED and member.ensemble and member.ensemble.results_file:
+            member.results = _collect_results(member, member.ensemble.results_file)
+        changed.append(member)
+        events.append(StatusEvent(run_id=member.run_id, member_id=pk, status=new, at=member.ended or member.started or now))
+    if not changed:
+        return {}
+    with transaction.atomic():
+        MemberRun.objects.bulk_update(
+            changed, ["status", "job_id", "returncode", "signal", "started", "ended", "updated", "results"], batch_size=1000
+        )
+        StatusEvent.objects.bulk_create(events, batch_size=2000)
+    by_run: dict[int, list[int]] = {}
+    for member in changed:
+        by_run.setdefault(member.run_id, []).append(member.pk)
+    runs_finish(list(by_run))
+    return by_run
+
+
+def runs_finish(run_ids: list[int]) -> None:
+    """Mark runs whose members have all ended as finished."""
+    unfinished = set(
+        MemberRun.objects.filter(run_id__in=run_ids, latest=True)
+        .exclude(status__in=TERMINAL_STATUSES)
+        .values_list("run_id", flat=True)
+        .distinct()
+    )
+    done = [pk for pk in run_ids if pk not in unfinished]
+    if done:
+        Run.objects.filter(pk__in=done, finished__isnull=True, submit_state__in=[SubmitState.SUBMITTED, SubmitState.FAILED]).update(
+            finished=timezone.now()
+        )
+
+
+def _claimer_dead(claimed_by: str, claimed_at) -> bool:
+    host, _, pid = claimed_by.rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit():
+        return claimed_at is None or timezone.now() - claimed_at > timedelta(hours=1)
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        pass
+    return False
+
+
+def runs_reconcile() -> dict[int, list[int]]:
+    """Bring unfinished members in line with the launchers' status files, resume
+    submissions whose worker died, and resubmit queued jobs whose runner died
+    before starting them. Returns the changed member ids by run."""
+    for run in Run.objects.filter(submit_state=SubmitState.SUBMITTING):
+        if _claimer_dead(run.claimed_by, run.claimed_at):
+            reset = Run.objects.filter(pk=run.pk, submit_state=SubmitState.SUBMITTING, claimed_by=run.claimed_by).update(
+                submit_state=SubmitState.PENDING
+            )
+            if reset:
+                _enqueue("run_submit", run.pk)
+    changed: dict[int, list[int]] = {}
+    for run in Run.objects.filter(finished__isnull=True, submit_state__in=[SubmitState.SUBMITTED, SubmitState.FAILED]):
+        members = list(run.members.filter(latest=True, status__in=[MemberStatus.QUEUED, MemberStatus.RUNNING]))
+        if not members:
+            runs_finish([run.pk])
+            continue
+        try:
+            launcher = launcher_for(run)
+        except LauncherError:
+            continue
+        jobs = {m.pk: job_spec(m) for m in members}
+        statuses = launcher.status(list(jobs.values()))
+        for run_id, ids in member_runs_apply(
+            {int(key): status for key, status in statuses.items() if status.state != JobState.QUEUED}
+        ).items():
+            changed.setdefault(run_id, []).extend(ids)
+        queued = [jobs[m.pk] for m in members if m.status == MemberStatus.QUEUED]
+        if queued and not launcher.runner_alive():
+            orphans = launcher.unstarted(queued)
+            if orphans:
+                launcher.submit(orphans, group=str(run.pk), concurrency=run.concurrency)
+    return changed
+
+
+DEMO_DIR = Path(__file__).resolve().parent.parent / "examples" / "heat"
+
+
+def demo_create(*, user) -> Experiment:
+    """An experiment on the example heat simulation: 12 members, a configured input file, results."""
+    name = "heat-demo"
+    existing = set(Experiment.objects.filter(owner=user, name__startswith=name).values_list("name", flat=True))
+    number = 1
+    while (name if number == 1 else f"{name}-{number}") in existing:
+        number += 1
+    with transaction.atomic():
+        experiment = experiment_create(
+            owner=user,
+            name=name if number == 1 else f"{name}-{number}",
+            description="1-D heat diffusion (examples/heat/heat.py) over diffusivity alpha and grid size nx.",
+        )
+        ensemble = ensemble_save(
+            experiment=experiment,
+            spec={
+                "name": "heat",
+                "params": [{"name": "alpha", "values": "0.05, 0.1, 0.2"}, {"name": "nx", "values": "25, 50, 75, 100"}],
+                "run_settings": {"exe": sys.executable, "exe_args": ["heat.py", "--input", "input.cfg"]},
+                "results_file": "results.json",
+            },
+        )
+        for filename, action in (("heat.py", FileAction.COPY), ("input.cfg", FileAction.CONFIGURE)):
+            with open(DEMO_DIR / filename, "rb") as source:
+                file_attach_upload(owner=ensemble, uploaded_file=File(source, name=filename), action=action, user=user)
+    return experiment

@@ -1,4 +1,4 @@
-from django.urls import path
+from django.urls import path, re_path
 from django.views.generic import RedirectView
 
 from . import views
@@ -24,3 +24,17 @@ urlpatterns = [
     path("members/<int:pk>/", views.member_edit, name="member_edit"),
     path("members/<int:pk>/delete", views.member_delete, name="member_delete"),
 ]
+
+urlpatterns += [
+    path("experiments/<int:pk>/launch", views.run_launch, name="run_launch"),
+    path("runs/<int:pk>/", views.run_detail, name="run_detail"),
+    path("runs/<int:pk>/members", views.run_members, name="run_members"),
+    path("runs/<int:pk>/cancel", views.run_cancel, name="run_cancel"),
+    path("runs/<int:pk>/rerun", views.run_rerun, name="run_rerun"),
+    re_path(r"^runs/(?P<pk>[0-9]+)/export\.(?P<fmt>csv|json)$", views.run_export, name="run_export"),
+    path("member-runs/<int:pk>/", views.member_run_detail, name="member_run_detail"),
+    path("member-runs/<int:pk>/cancel", views.member_run_cancel, name="member_run_cancel"),
+    path("member-runs/<int:pk>/files/<str:name>", views.member_run_file, name="member_run_file"),
+]
+
+urlpatterns += [path("experiments/demo", views.demo_create, name="demo_create")]

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import csv
 import random
+import shlex
 
 import redis
 from django.conf import settings
@@ -10,15 +12,16 @@ from django.contrib import messages
 from django.contrib.auth.decorators import login_not_required
 from django.core.exceptions import ValidationError
 from django.db import connection
-from django.http import HttpResponse, JsonResponse
+from django.http import FileResponse, Http404, HttpResponse, JsonResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
+from django.utils.html import format_html
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
-from . import selectors, services
+from . import selectors, services, tasks
 from .expansion import ExpansionError, expand
-from .forms import AttachFileForm, EnsembleForm, ExperimentForm, MemberForm, ParamFormSet
-from .models import Ensemble, Strategy
+from .forms import AttachFileForm, EnsembleForm, ExperimentForm, LaunchForm, MemberForm, ParamFormSet
+from .models import Ensemble, MemberStatus, Strategy
 from .values import is_numeric
 
 
@@ -74,7 +77,15 @@ def experiment_detail(request, pk):
             ensemble.member_count = None
     models = experiment.members.filter(ensemble__isnull=True)
     return render(
-        request, "ensembles/experiment_detail.html", {"experiment": experiment, "ensembles": ensembles, "models": models}
+        request,
+        "ensembles/experiment_detail.html",
+        {
+            "experiment": experiment,
+            "ensembles": ensembles,
+            "models": models,
+            "runs": selectors.runs_of(experiment),
+            "launch_form": LaunchForm(),
+        },
     )
 
 
@@ -120,6 +131,7 @@ def _ensemble_initial(ensemble: Ensemble | None):
         "replicas": ensemble.replicas,
         "key_prefixing": ensemble.key_prefixing,
         "tag": ensemble.tag,
+        "results_file": ensemble.results_file,
         **EnsembleForm.settings_initial(ensemble.run_settings, ensemble.batch_settings),
     }
     rows = [
@@ -345,3 +357,135 @@ def member_delete(request, pk):
             return redirect("ensembles:ensemble_edit", pk=member.ensemble_id)
         return redirect("ensembles:experiment_detail", pk=member.experiment_id)
     return render(request, "ensembles/confirm_delete.html", {"object": member, "kind": "model"})
+
+
+# --- runs ----------------------------------------------------------------------
+
+
+@require_POST
+def run_launch(request, pk):
+    experiment = selectors.experiment_get(request.user, pk)
+    form = LaunchForm(request.POST)
+    if not form.is_valid():
+        messages.error(request, " ".join(form.errors.get("concurrency", ["Invalid launch options."])))
+        return redirect("ensembles:experiment_detail", pk=experiment.pk)
+    try:
+        run = services.run_launch(user=request.user, experiment=experiment, concurrency=form.cleaned_data["concurrency"])
+    except ValidationError as error:
+        messages.error(request, " ".join(error.messages))
+        return redirect("ensembles:experiment_detail", pk=experiment.pk)
+    return redirect("ensembles:run_detail", pk=run.pk)
+
+
+def _members_page(request, run):
+    return selectors.run_members_page(
+        run,
+        status=request.GET.get("status", ""),
+        param=request.GET.get("param", ""),
+        value=request.GET.get("value", ""),
+        sort=request.GET.get("sort", "position"),
+        page=_int_from(request.GET, "page", 1),
+        page_size=_int_from(request.GET, "size", 100),
+    )
+
+
+@require_GET
+def run_detail(request, pk):
+    run = selectors.run_get(request.user, pk)
+    context = {
+        **selectors.run_summary(run.pk),
+        "members": _members_page(request, run),
+        "param_names": selectors.run_param_names(run),
+        "statuses": MemberStatus.values,
+        "sorts": selectors.MEMBER_SORTS,
+    }
+    return render(request, "ensembles/run_detail.html", context)
+
+
+@require_GET
+def run_members(request, pk):
+    run = selectors.run_get(request.user, pk)
+    return render(request, "ensembles/partials/run_members.html", {"run": run, "members": _members_page(request, run)})
+
+
+def _queued(message: str) -> HttpResponse:
+    """The answer to an action button: the task is queued, the live view shows its effect."""
+    return HttpResponse(format_html('<p class="message" role="status">{}</p>', message))
+
+
+@require_POST
+def run_cancel(request, pk):
+    run = selectors.run_get(request.user, pk)
+    tasks.run_cancel.delay(run.pk)
+    return _queued("Stopping the run: queued members will not start, running ones are terminated.")
+
+
+@require_POST
+def run_rerun(request, pk):
+    run = selectors.run_get(request.user, pk)
+    tasks.run_rerun_failed.delay(run.pk)
+    return _queued("Re-running the failed, cancelled and lost members as new attempts.")
+
+
+@require_POST
+def member_run_cancel(request, pk):
+    member = selectors.member_run_get(request.user, pk)
+    tasks.member_cancel.delay(member.pk)
+    return _queued(f"Stopping {member.name}.")
+
+
+@require_GET
+def member_run_detail(request, pk):
+    member = selectors.member_run_get(request.user, pk)
+    return render(
+        request,
+        "ensembles/member_run_detail.html",
+        {
+            "member": member,
+            "run": member.run,
+            "command": shlex.join(member.argv),
+            "files": selectors.member_files(member),
+            "attempts": selectors.member_attempts(member),
+        },
+    )
+
+
+@require_GET
+def member_run_file(request, pk, name):
+    member = selectors.member_run_get(request.user, pk)
+    path = selectors.member_file_path(member, name)
+    if path is None:
+        raise Http404("No such file in the member directory.")
+    return FileResponse(open(path, "rb"), as_attachment=True, filename=path.name)
+
+
+@require_GET
+def run_export(request, pk, fmt):
+    run = selectors.run_get(request.user, pk)
+    rows = selectors.run_export_rows(run)
+    filename = f"{run.experiment.name}-run{run.number}.{fmt}"
+    if fmt == "json":
+        response = JsonResponse(rows, safe=False, json_dumps_params={"indent": 1})
+    else:
+        response = HttpResponse(content_type="text/csv")
+        writer = csv.writer(response)
+        columns = selectors.export_columns(rows)
+        writer.writerow(columns)
+        for row in rows:
+            writer.writerow([_flat(row, column) for column in columns])
+    response["Content-Disposition"] = f'attachment; filename="{filename}"'
+    return response
+
+
+def _flat(row: dict, column: str):
+    section, _, key = column.partition(".")
+    if key and section in ("params", "results"):
+        return (row.get(section) or {}).get(key, "")
+    return "" if row.get(column) is None else row.get(column)
+
+
+@require_POST
+def demo_create(request):
+    experiment = services.demo_create(user=request.user)
+    messages.success(request, f"Created '{experiment.name}': 12 runs of a heat simulation. Press Launch to run them.")
+    return redirect("ensembles:experiment_detail", pk=experiment.pk)

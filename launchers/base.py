@@ -123,3 +123,11 @@ class Launcher(ABC):
     @abstractmethod
     def cancel(self, jobs: list[JobSpec], *, group: str) -> None:
         """Stop the jobs: queued ones never start, running ones are terminated."""
+
+    def runner_alive(self) -> bool:
+        """Whether a process of this launcher is still looking after the group's jobs."""
+        return True
+
+    def unstarted(self, jobs: list[JobSpec]) -> list[JobSpec]:
+        """The jobs no process has started (safe to generate and submit again)."""
+        return list(jobs)

@@ -19,6 +19,11 @@ DATA_DIR.mkdir(parents=True, exist_ok=True)
 UPLOAD_DIR = DATA_DIR / "uploads"
 MAX_UPLOAD_BYTES = env_int("FLOTILLA_MAX_UPLOAD_BYTES", 50 * 1024 * 1024, minimum=1)
 
+# Runs
+MAX_MEMBERS_PER_RUN = env_int("FLOTILLA_MAX_MEMBERS_PER_RUN", 100_000, minimum=1)
+CANCEL_GRACE_SECONDS = env_int("FLOTILLA_CANCEL_GRACE_SECONDS", 10, minimum=0)
+EVENT_STREAM = env_str("FLOTILLA_EVENT_STREAM", "flotilla:events")
+
 REDIS_URL = env_url("REDIS_URL", "redis://127.0.0.1:6379/0", schemes=("redis", "rediss", "unix"))
 
 _default_database = f"sqlite:///{DATA_DIR / 'flotilla.sqlite3'}"

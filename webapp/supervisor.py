@@ -1,6 +1,6 @@
 """One command to run Flotilla, or its tests, on any machine.
 
-    python -m webapp.supervisor run     # migrate, admin account, Redis, daphne + Celery worker
+    python -m webapp.supervisor run     # migrate, admin account, Redis, daphne + Celery worker + monitor
     python -m webapp.supervisor test    # Redis, then pytest with any extra arguments
 
 If nothing answers at REDIS_URL, a private ``redis-server`` (from PATH, else the
@@ -164,6 +164,7 @@ def run(host: str, port: int) -> int:
                 [PYTHON, "-m", "celery", "-A", "webapp", "worker", "--loglevel", "INFO", "--concurrency", "2"], env=env, cwd=BASE_DIR
             )
         )
+        children.append(subprocess.Popen([PYTHON, str(BASE_DIR / "manage.py"), "monitor"], env=env, cwd=BASE_DIR))
         log(f"Flotilla is at http://{host}:{port}/  (Ctrl-C stops it)")
         while not stopping:
             exited = [child for child in children if child.poll() is not None]

@@ -39,6 +39,20 @@
     if (remove) removeParamRow(remove);
   });
 
+  // Live pages: say whether the websocket is connected; keep log tails scrolled to the end.
+  function setLiveState(text) {
+    var state = document.getElementById("live-state");
+    if (state) state.textContent = text;
+  }
+  document.addEventListener("htmx:wsOpen", function () { setLiveState("live"); });
+  document.addEventListener("htmx:wsClose", function () { setLiveState("reconnecting…"); });
+  document.addEventListener("htmx:oobAfterSwap", function (event) {
+    var target = event.detail.target;
+    if (target && target.hasAttribute && target.hasAttribute("data-follow")) {
+      target.scrollTop = target.scrollHeight;
+    }
+  });
+
   document.addEventListener("DOMContentLoaded", function () { renderPlots(document); });
   document.addEventListener("htmx:afterSettle", function (event) { renderPlots(event.detail.elt); });
 })();

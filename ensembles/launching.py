@@ -1,0 +1,40 @@
+"""The bridge between runs in the database and launchers (plain Python, in launchers/)."""
+
+from __future__ import annotations
+
+from django.conf import settings
+
+from launchers.base import JobSpec, JobState, Launcher, LauncherError
+from launchers.local import LocalLauncher
+
+from .models import MemberRun, MemberStatus, Run
+
+STATE_TO_STATUS = {
+    JobState.QUEUED: MemberStatus.QUEUED,
+    JobState.RUNNING: MemberStatus.RUNNING,
+    JobState.COMPLETED: MemberStatus.COMPLETED,
+    JobState.FAILED: MemberStatus.FAILED,
+    JobState.CANCELLED: MemberStatus.CANCELLED,
+    JobState.LOST: MemberStatus.LOST,
+}
+
+
+def launcher_for(run: Run) -> Launcher:
+    if run.launcher == "local":
+        return LocalLauncher(
+            work_dir=run.work_dir, redis_url=settings.REDIS_URL, stream=settings.EVENT_STREAM, grace=settings.CANCEL_GRACE_SECONDS
+        )
+    raise LauncherError(f"The {run.launcher} launcher is not available yet; use the local launcher.")
+
+
+def job_spec(member: MemberRun) -> JobSpec:
+    return JobSpec(
+        key=str(member.pk),
+        name=member.name,
+        argv=member.argv,
+        cwd=member.cwd,
+        env=member.env,
+        stdout=member.stdout,
+        stderr=member.stderr,
+        status_file=member.status_file,
+    )
