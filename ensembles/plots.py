@@ -45,3 +45,115 @@ def parameter_scatter(space: ParameterSpace, names: list[str], max_points: int =
         **axes,
     }
     return {"data": [trace], "layout": layout}
+
+
+STATUS_COLOURS = {
+    "New": "#90a4ae",
+    "Queued": "#42a5f5",
+    "Running": "#ffb300",
+    "Completed": "#43a047",
+    "Failed": "#e53935",
+    "Cancelled": "#8e24aa",
+    "Lost": "#6d4c41",
+}
+LAYOUT = {"margin": {"l": 60, "r": 10, "t": 36, "b": 40}, "height": 300, "legend": {"orientation": "h"}}
+
+
+def _layout(title: str, **extra) -> dict:
+    return {**LAYOUT, "title": {"text": title, "font": {"size": 13}}, **extra}
+
+
+def status_over_time(events: list[tuple[int, str, float]], start: float, max_points: int = 300) -> dict:
+    """How many members were in each status over time. ``events``: (member, status, epoch) in time order."""
+    current: dict[int, str] = {}
+    counts = {status: 0 for status in STATUS_COLOURS}
+    times: list[float] = []
+    series = {status: [] for status in STATUS_COLOURS}
+    step = max(1, len(events) // max_points)
+    for index, (member, status, at) in enumerate(events):
+        previous = current.get(member)
+        if previous:
+            counts[previous] -= 1
+        current[member] = status
+        counts[status] += 1
+        if index % step == 0 or index == len(events) - 1:
+            times.append(round(at - start, 3))
+            for name in series:
+                series[name].append(counts[name])
+    data = [
+        {"type": "scatter", "mode": "lines", "line": {"shape": "hv", "color": STATUS_COLOURS[name]}, "name": name, "x": times, "y": values}
+        for name, values in series.items()
+        if any(values)
+    ]
+    return {"data": data, "layout": _layout("Members by status", xaxis={"title": {"text": "seconds since launch"}})}
+
+
+def timeline(members: list[dict], start: float) -> dict:
+    """A Gantt chart: one bar per member from start to end (or now, if running)."""
+    data = []
+    for status, colour in STATUS_COLOURS.items():
+        rows = [m for m in members if m["status"] == status and m["started"] is not None]
+        if not rows:
+            continue
+        data.append(
+            {
+                "type": "bar",
+                "orientation": "h",
+                "name": status,
+                "marker": {"color": colour},
+                "y": [m["name"] for m in rows],
+                "base": [round(m["started"] - start, 3) for m in rows],
+                "x": [round(max(m["ended"] - m["started"], 0.001), 3) for m in rows],
+                "customdata": [m["url"] for m in rows],
+                "hovertemplate": "%{y}: %{x:.2f} s<extra></extra>",
+            }
+        )
+    height = max(300, min(1200, 14 * len(members) + 80))
+    return {
+        "data": data,
+        "layout": _layout(
+            "Member timeline", height=height, barmode="overlay", xaxis={"title": {"text": "seconds since launch"}},
+            yaxis={"autorange": "reversed", "showticklabels": len(members) <= 60},
+        ),
+    }
+
+
+def runtime_histogram(members: list[dict]) -> dict:
+    data = []
+    for status in ("Completed", "Failed", "Cancelled"):
+        runtimes = [m["ended"] - m["started"] for m in members if m["status"] == status and m["started"] and m["ended"]]
+        if runtimes:
+            data.append({"type": "histogram", "name": status, "x": runtimes, "marker": {"color": STATUS_COLOURS[status]}, "opacity": 0.8})
+    return {"data": data, "layout": _layout("Runtime", barmode="overlay", xaxis={"title": {"text": "seconds"}})}
+
+
+def parameter_vs_result(members: list[dict], x: str, y: str) -> dict:
+    """A scatter of two numeric fields (params or results), each point linking to its member."""
+    points = [m for m in members if _number(m["values"].get(x)) and _number(m["values"].get(y))]
+    trace = {
+        "type": "scatter",
+        "mode": "markers",
+        "x": [m["values"][x] for m in points],
+        "y": [m["values"][y] for m in points],
+        "text": [m["name"] for m in points],
+        "customdata": [m["url"] for m in points],
+        "marker": {"size": 9, "color": [STATUS_COLOURS[m["status"]] for m in points]},
+        "hovertemplate": "%{text}<br>" + x + "=%{x}<br>" + y + "=%{y}<extra></extra>",
+    }
+    return {
+        "data": [trace],
+        "layout": _layout(f"{y} against {x}", xaxis={"title": {"text": x}}, yaxis={"title": {"text": y}}),
+    }
+
+
+def parallel_coordinates(members: list[dict], fields: list[str]) -> dict:
+    rows = [m for m in members if all(_number(m["values"].get(f)) for f in fields)]
+    dimensions = [{"label": f, "values": [m["values"][f] for m in rows]} for f in fields]
+    return {
+        "data": [{"type": "parcoords", "dimensions": dimensions, "line": {"color": "#1e88e5"}}],
+        "layout": _layout("Parameters and results", margin={"l": 60, "r": 60, "t": 60, "b": 30}),
+    }
+
+
+def _number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)

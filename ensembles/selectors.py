@@ -11,6 +11,8 @@ from typing import Any
 
 from django.db.models import Count, Q, QuerySet
 from django.shortcuts import get_object_or_404
+from django.urls import reverse
+from django.utils import timezone
 
 from . import plots
 from .expansion import ParameterSpace
@@ -25,6 +27,7 @@ from .models import (
     MemberRun,
     MemberStatus,
     Run,
+    StatusEvent,
 )
 from .specs import member_argv
 from .values import infer_type
@@ -348,3 +351,45 @@ def export_columns(rows: list[dict]) -> list[str]:
         params.update(dict.fromkeys(row["params"] or {}))
         results.update(dict.fromkeys(row["results"] or {}))
     return EXPORT_FIELDS + [f"params.{k}" for k in params] + [f"results.{k}" for k in results]
+
+
+MAX_PLOTTED_MEMBERS = 5000
+
+
+def run_plot_data(run: Run) -> dict:
+    """What the run's plots need, in two queries (members capped at MAX_PLOTTED_MEMBERS)."""
+    start = run.created.timestamp()
+    members = []
+    rows = list(
+        MemberRun.objects.filter(run=run, latest=True)
+        .order_by("position")
+        .values("pk", "name", "status", "started", "ended", "params", "results")[:MAX_PLOTTED_MEMBERS]
+    )
+    now = timezone.now().timestamp()
+    for row in rows:
+        started = row["started"].timestamp() if row["started"] else None
+        ended = row["ended"].timestamp() if row["ended"] else (now if started else None)
+        members.append(
+            {
+                "pk": row["pk"],
+                "name": row["name"],
+                "status": row["status"],
+                "started": started,
+                "ended": ended,
+                "url": reverse("ensembles:member_run_detail", args=[row["pk"]]),
+                "values": {**(row["params"] or {}), **(row["results"] or {})},
+            }
+        )
+    events = [
+        (member_id, status, at.timestamp())
+        for member_id, status, at in StatusEvent.objects.filter(run=run).order_by("at", "id").values_list("member_id", "status", "at")
+    ]
+    params, results = {}, {}
+    for row in rows:
+        params.update({k: None for k, v in (row["params"] or {}).items() if _is_number(v)})
+        results.update({k: None for k, v in (row["results"] or {}).items() if _is_number(v)})
+    return {"start": start, "members": members, "events": events, "params": list(params), "results": list(results)}
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)

@@ -29,6 +29,7 @@ urlpatterns += [
     path("experiments/<int:pk>/launch", views.run_launch, name="run_launch"),
     path("runs/<int:pk>/", views.run_detail, name="run_detail"),
     path("runs/<int:pk>/members", views.run_members, name="run_members"),
+    path("runs/<int:pk>/plots", views.run_plots, name="run_plots"),
     path("runs/<int:pk>/cancel", views.run_cancel, name="run_cancel"),
     path("runs/<int:pk>/rerun", views.run_rerun, name="run_rerun"),
     re_path(r"^runs/(?P<pk>[0-9]+)/export\.(?P<fmt>csv|json)$", views.run_export, name="run_export"),

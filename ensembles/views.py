@@ -18,7 +18,7 @@ from django.urls import reverse
 from django.utils.html import format_html
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
-from . import selectors, services, tasks
+from . import plots, selectors, services, tasks
 from .expansion import ExpansionError, expand
 from .forms import AttachFileForm, EnsembleForm, ExperimentForm, LaunchForm, MemberForm, ParamFormSet
 from .models import Ensemble, MemberStatus, Strategy
@@ -489,3 +489,27 @@ def demo_create(request):
     experiment = services.demo_create(user=request.user)
     messages.success(request, f"Created '{experiment.name}': 12 runs of a heat simulation. Press Launch to run them.")
     return redirect("ensembles:experiment_detail", pk=experiment.pk)
+
+
+@require_GET
+def run_plots(request, pk):
+    """The run's plots (fetched after the page loads, and again as members change)."""
+    run = selectors.run_get(request.user, pk)
+    data = selectors.run_plot_data(run)
+    fields = data["params"] + data["results"]
+    x = request.GET.get("x") if request.GET.get("x") in fields else (data["params"] or fields or [""])[0]
+    y = request.GET.get("y") if request.GET.get("y") in fields else (data["results"] or fields[1:] or fields or [""])[0]
+    figures = {
+        "status": plots.status_over_time(data["events"], data["start"]),
+        "runtime": plots.runtime_histogram(data["members"]),
+        "timeline": plots.timeline(data["members"], data["start"]),
+    }
+    if x and y:
+        figures["scatter"] = plots.parameter_vs_result(data["members"], x, y)
+    if len(fields) >= 2:
+        figures["parallel"] = plots.parallel_coordinates(data["members"], fields)
+    return render(
+        request,
+        "ensembles/partials/run_plots.html",
+        {"run": run, "figures": figures, "fields": fields, "x": x, "y": y, "capped": len(data["members"]) >= selectors.MAX_PLOTTED_MEMBERS},
+    )

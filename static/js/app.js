@@ -9,6 +9,13 @@
       if (!source) return;
       var figure = JSON.parse(source.textContent);
       Plotly.react(el, figure.data, figure.layout, { responsive: true, displaylogo: false });
+      if (!el.dataset.linked) {  // points and bars that carry a member URL open it
+        el.dataset.linked = "1";
+        el.on("plotly_click", function (data) {
+          var url = data.points.length && data.points[0].customdata;
+          if (typeof url === "string" && url.charAt(0) === "/") window.location.href = url;
+        });
+      }
     });
   }
 
@@ -46,6 +53,10 @@
   }
   document.addEventListener("htmx:wsOpen", function () { setLiveState("live"); });
   document.addEventListener("htmx:wsClose", function () { setLiveState("reconnecting…"); });
+  // Plots listen for this (throttled) instead of being pushed on every change.
+  document.addEventListener("htmx:wsAfterMessage", function () {
+    document.body.dispatchEvent(new CustomEvent("run-changed"));
+  });
   document.addEventListener("htmx:oobAfterSwap", function (event) {
     var target = event.detail.target;
     if (target && target.hasAttribute && target.hasAttribute("data-follow")) {
