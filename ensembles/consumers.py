@@ -143,3 +143,8 @@ class LogTailConsumer(AsyncWebsocketConsumer):
                 await self.send(text_data=f'<pre id="{self.target}" hx-swap-oob="beforeend">{escape(text)}</pre>')
             else:
                 await asyncio.sleep(FOLLOW_INTERVAL)
+
+
+class NotFoundConsumer(AsyncWebsocketConsumer):
+    async def connect(self):
+        await self.close(code=4404)

@@ -249,7 +249,7 @@ def run_launch(*, user, experiment: Experiment, concurrency: int | None = None) 
             generation=generation,
         )
         MemberRun.objects.bulk_create(_member_rows(run, root, ensembles, spaces, models), batch_size=2000)
-        transaction.on_commit(lambda: _enqueue("run_submit", run.pk))
+        _enqueue("run_submit", run.pk)
     return run
 
 
@@ -286,9 +286,10 @@ def _member_rows(run, root, ensembles, spaces, models):
 
 
 def _enqueue(task_name: str, *args) -> None:
+    """Send a task once the current transaction commits (at once outside one)."""
     from . import tasks
 
-    getattr(tasks, task_name).delay(*args)
+    getattr(tasks, task_name).delay_on_commit(*args)
 
 
 def _record_events(members: list[MemberRun], status: str, at=None) -> None:
@@ -429,7 +430,7 @@ def run_rerun_failed(*, run_id: int) -> int:
         MemberRun.objects.bulk_update(old, ["latest", "cwd"], batch_size=2000)
         MemberRun.objects.bulk_create(fresh, batch_size=2000)
         Run.objects.filter(pk=run.pk).update(submit_state=SubmitState.PENDING, finished=None, submit_error="")
-        transaction.on_commit(lambda: _enqueue("run_submit", run.pk))
+        _enqueue("run_submit", run.pk)
     return len(fresh)
 
 

@@ -416,21 +416,21 @@ def _queued(message: str) -> HttpResponse:
 @require_POST
 def run_cancel(request, pk):
     run = selectors.run_get(request.user, pk)
-    tasks.run_cancel.delay(run.pk)
+    tasks.run_cancel.delay_on_commit(run.pk)
     return _queued("Stopping the run: queued members will not start, running ones are terminated.")
 
 
 @require_POST
 def run_rerun(request, pk):
     run = selectors.run_get(request.user, pk)
-    tasks.run_rerun_failed.delay(run.pk)
+    tasks.run_rerun_failed.delay_on_commit(run.pk)
     return _queued("Re-running the failed, cancelled and lost members as new attempts.")
 
 
 @require_POST
 def member_run_cancel(request, pk):
     member = selectors.member_run_get(request.user, pk)
-    tasks.member_cancel.delay(member.pk)
+    tasks.member_cancel.delay_on_commit(member.pk)
     return _queued(f"Stopping {member.name}.")
 
 

@@ -1,0 +1,255 @@
+"""Launching, the run pages, exports and their permissions (no worker: tasks are only enqueued)."""
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
+from django.urls import reverse
+
+from ensembles import services
+from ensembles.models import MemberRun, MemberStatus, Run, StatusEvent
+from launchers.base import JobState, JobStatus
+
+pytestmark = pytest.mark.django_db
+
+
+def rows_in(html: str) -> int:
+    return len(re.findall(r'<tr id="member-\d+"', html))
+
+
+@pytest.fixture
+def run(alice, experiment, ensemble, django_capture_on_commit_callbacks):
+    with django_capture_on_commit_callbacks() as callbacks:
+        run = services.run_launch(user=alice, experiment=experiment)
+    assert len(callbacks) == 1  # run_submit, sent after commit
+    return run
+
+
+def test_launch_creates_one_member_run_per_member_in_order(run, settings):
+    members = list(run.members.order_by("position"))
+    assert [m.name for m in members] == [f"sweep_{i}" for i in range(6)]
+    assert members[1].params == {"alpha": 1, "beta": "y"}
+    assert members[1].argv == ["/bin/echo", "run", "-alpha", "1"] or members[1].argv == ["/bin/echo", "run", "--alpha=1"]
+    assert members[1].env == {"SSKEYOUT": "sweep_1"}
+    assert members[1].cwd == str(settings.DATA_DIR / "alice" / "heat" / "sweep" / "sweep_1")
+    assert {m.status for m in members} == {MemberStatus.NEW}
+    assert run.number == 1 and run.launcher == "local"
+
+
+def test_members_added_by_hand_and_standalone_models_are_launched_too(alice, experiment, ensemble, settings):
+    services.member_save(experiment=experiment, ensemble=ensemble, spec={"name": "extra", "run_settings": {"exe": "/bin/true"}})
+    services.member_save(experiment=experiment, spec={"name": "baseline", "run_settings": {"exe": "/bin/true"}})
+    run = services.run_launch(user=alice, experiment=experiment)
+    names = list(run.members.order_by("position").values_list("name", "kind", "cwd"))
+    assert names[-2] == ("extra", "added", str(settings.DATA_DIR / "alice" / "heat" / "sweep" / "extra"))
+    assert names[-1] == ("baseline", "model", str(settings.DATA_DIR / "alice" / "heat" / "baseline"))
+
+
+@pytest.mark.parametrize(
+    "setup, message",
+    [
+        ("empty", "has no members"),
+        ("nothing", "Nothing to launch"),
+        ("too_many", "at most 3 are allowed"),
+        ("slurm", "not available yet"),
+    ],
+)
+def test_launch_refuses_with_a_clear_message(alice_client, alice, experiment, settings, setup, message):
+    if setup == "empty":
+        services.ensemble_save(
+            experiment=experiment, spec={"name": "e", "params": [{"name": "a", "values": "range(0, 0)"}], "run_settings": {"exe": "x"}}
+        )
+    elif setup == "too_many":
+        settings.MAX_MEMBERS_PER_RUN = 3
+        services.ensemble_save(
+            experiment=experiment, spec={"name": "e", "params": [{"name": "a", "values": "range(0, 4)"}], "run_settings": {"exe": "x"}}
+        )
+    elif setup == "slurm":
+        experiment.launcher = "slurm"
+        experiment.save()
+        services.ensemble_save(experiment=experiment, spec={"name": "e", "run_settings": {"exe": "x"}})
+    response = alice_client.post(reverse("ensembles:run_launch", args=[experiment.pk]), follow=True)
+    assert message in response.content.decode()
+    assert not Run.objects.exists()
+
+
+def test_a_second_launch_waits_for_the_active_run(alice_client, run, experiment):
+    response = alice_client.post(reverse("ensembles:run_launch", args=[experiment.pk]), follow=True)
+    assert "Run 1 of this experiment is still active" in response.content.decode()
+    run.finished = run.created
+    run.save()
+    alice_client.post(reverse("ensembles:run_launch", args=[experiment.pk]))
+    assert Run.objects.filter(number=2).exists()
+
+
+def test_launch_with_a_bad_concurrency_is_refused(alice_client, experiment, ensemble):
+    response = alice_client.post(reverse("ensembles:run_launch", args=[experiment.pk]), {"concurrency": "0"}, follow=True)
+    assert "greater than or equal to 1" in response.content.decode()
+    assert not Run.objects.exists()
+
+
+def test_the_run_page_shows_counts_and_members(alice_client, run):
+    response = alice_client.get(reverse("ensembles:run_detail", args=[run.pk]))
+    html = response.content.decode()
+    assert response.status_code == 200
+    assert 'data-status="New" data-count="6"' in html
+    assert rows_in(html) == 6
+    assert f'ws-connect="/ws/runs/{run.pk}/"' in html
+
+
+def _set_status(run, status, n):
+    ids = list(run.members.order_by("position").values_list("pk", flat=True)[:n])
+    MemberRun.objects.filter(pk__in=ids).update(status=status)
+
+
+def test_the_members_table_filters_by_status_and_parameter_and_sorts(alice_client, run):
+    _set_status(run, MemberStatus.FAILED, 2)
+    url = reverse("ensembles:run_members", args=[run.pk])
+    html = alice_client.get(url, {"status": "Failed"}).content.decode()
+    assert rows_in(html) == 2
+    html = alice_client.get(url, {"param": "beta", "value": "z"}).content.decode()
+    assert rows_in(html) == 2 and "sweep_2" in html and "sweep_5" in html
+    html = alice_client.get(url, {"param": "alpha", "value": "2"}).content.decode()
+    assert rows_in(html) == 3
+    html = alice_client.get(url, {"size": "4", "page": "2"}).content.decode()
+    assert rows_in(html) == 2 and "Page 2 of 2" in html
+    assert alice_client.get(url, {"sort": "nonsense", "page": "x", "size": "-3"}).status_code == 200
+
+
+def test_run_page_query_count_does_not_grow_with_members(alice_client, alice, experiment):
+    def queries_for(size, name):
+        services.ensemble_save(
+            experiment=experiment, spec={"name": name, "params": [{"name": "i", "values": f"range(0, {size})"}], "run_settings": {"exe": "x"}}
+        )
+        run = services.run_launch(user=alice, experiment=experiment)
+        Run.objects.filter(pk=run.pk).update(finished=run.created)
+        experiment.ensembles.exclude(name=name).delete()
+        with CaptureQueriesContext(connection) as context:
+            assert alice_client.get(reverse("ensembles:run_detail", args=[run.pk])).status_code == 200
+        return len(context)
+
+    assert queries_for(5, "small") == queries_for(250, "large")
+
+
+def test_statuses_only_move_forward_and_results_are_collected(run, tmp_path):
+    member = run.members.get(name="sweep_0")
+    member.ensemble.results_file = "out.json"
+    member.ensemble.save()
+    Path(member.cwd).mkdir(parents=True)
+    (Path(member.cwd) / "out.json").write_text(json.dumps({"energy": 1.5, "label": "x", "flag": True, "n": 3}))
+    key = member.pk
+    services.member_runs_apply({key: JobStatus(JobState.RUNNING, job_id="123", started=1000.0)})
+    services.member_runs_apply({key: JobStatus(JobState.COMPLETED, job_id="123", returncode=0, started=1000.0, ended=1002.5)})
+    changed = services.member_runs_apply({key: JobStatus(JobState.RUNNING, job_id="123", started=1000.0)})  # late, replayed
+    member.refresh_from_db()
+    assert changed == {}
+    assert (member.status, member.returncode, member.runtime) == (MemberStatus.COMPLETED, 0, 2.5)
+    assert member.results == {"energy": 1.5, "n": 3}
+    assert list(StatusEvent.objects.filter(member=member).values_list("status", flat=True)) == ["Running", "Completed"]
+
+
+def test_a_run_is_finished_when_every_member_has_ended(run):
+    Run.objects.filter(pk=run.pk).update(submit_state="submitted")
+    statuses = {m.pk: JobStatus(JobState.FAILED, returncode=1, started=1.0, ended=2.0) for m in run.members.all()}
+    services.member_runs_apply(statuses)
+    run.refresh_from_db()
+    assert run.finished is not None
+
+
+def test_rerun_failed_creates_new_attempts_linked_to_the_old_ones(run, django_capture_on_commit_callbacks):
+    Run.objects.filter(pk=run.pk).update(submit_state="submitted")
+    _set_status(run, MemberStatus.FAILED, 2)
+    old = run.members.get(name="sweep_0")
+    Path(old.cwd).mkdir(parents=True)
+    (Path(old.cwd) / "sweep_0.out").write_text("first attempt")
+    with django_capture_on_commit_callbacks() as callbacks:
+        assert services.run_rerun_failed(run_id=run.pk) == 2
+    assert len(callbacks) == 1
+    new = run.members.get(name="sweep_0", latest=True)
+    old.refresh_from_db()
+    assert (new.attempt, new.previous_id, new.status) == (2, old.pk, MemberStatus.NEW)
+    assert not old.latest
+    assert Path(old.cwd, "sweep_0.out").read_text() == "first attempt"  # kept under .attempts/
+    assert ".attempts" in old.cwd
+    assert run.members.filter(latest=True).count() == 6
+
+
+def test_member_page_serves_only_files_inside_its_directory(alice_client, run, tmp_path):
+    member = run.members.get(name="sweep_0")
+    folder = Path(member.cwd)
+    folder.mkdir(parents=True)
+    (folder / "sweep_0.out").write_text("hello")
+    (folder / "link").symlink_to("/etc/passwd")
+    page = alice_client.get(reverse("ensembles:member_run_detail", args=[member.pk])).content.decode()
+    assert "sweep_0.out" in page and "echo run" in page
+    response = alice_client.get(reverse("ensembles:member_run_file", args=[member.pk, "sweep_0.out"]))
+    assert b"".join(response.streaming_content) == b"hello"
+    for name in ["link", "..", "missing.txt"]:
+        assert alice_client.get(reverse("ensembles:member_run_file", args=[member.pk, name])).status_code == 404
+
+
+def test_export_has_smartsim_columns_params_and_results(alice_client, run):
+    MemberRun.objects.filter(pk=run.members.get(name="sweep_0").pk).update(results={"energy": 2.0}, status="Completed")
+    csv_text = alice_client.get(reverse("ensembles:run_export", args=[run.pk, "csv"])).content.decode()
+    header, first = csv_text.splitlines()[:2]
+    assert header.startswith("name,entity,attempt,status,job_id,returncode")
+    assert header.endswith("params.alpha,params.beta,results.energy")
+    assert first.startswith("sweep_0,sweep,1,Completed") and first.endswith(",1,x,2.0")
+    rows = alice_client.get(reverse("ensembles:run_export", args=[run.pk, "json"])).json()
+    assert rows[0]["params"] == {"alpha": 1, "beta": "x"}
+    assert alice_client.get(f"/runs/{run.pk}/export.xml").status_code == 404
+
+
+def test_action_buttons_enqueue_tasks_after_commit(alice_client, run, django_capture_on_commit_callbacks):
+    member = run.members.first()
+    for url in [
+        reverse("ensembles:run_cancel", args=[run.pk]),
+        reverse("ensembles:run_rerun", args=[run.pk]),
+        reverse("ensembles:member_run_cancel", args=[member.pk]),
+    ]:
+        with django_capture_on_commit_callbacks() as callbacks:
+            response = alice_client.post(url)
+        assert response.status_code == 200 and len(callbacks) == 1, url
+
+
+def test_plots_fragment_has_the_figures(alice_client, run):
+    member = run.members.get(name="sweep_0")
+    services.member_runs_apply({member.pk: JobStatus(JobState.COMPLETED, returncode=0, started=run.created.timestamp(), ended=run.created.timestamp() + 1)})
+    html = alice_client.get(reverse("ensembles:run_plots", args=[run.pk])).content.decode()
+    for figure in ["figure-status", "figure-runtime", "figure-timeline"]:
+        assert f'id="{figure}"' in html
+
+
+@pytest.mark.parametrize("persona", ["bob_client", "charlie_client"])
+def test_other_users_get_404_for_runs_and_members_of_alice(request, persona, run, experiment):
+    other = request.getfixturevalue(persona)
+    member = run.members.first()
+    urls = [
+        ("post", reverse("ensembles:run_launch", args=[experiment.pk])),
+        ("get", reverse("ensembles:run_detail", args=[run.pk])),
+        ("get", reverse("ensembles:run_members", args=[run.pk])),
+        ("get", reverse("ensembles:run_plots", args=[run.pk])),
+        ("post", reverse("ensembles:run_cancel", args=[run.pk])),
+        ("post", reverse("ensembles:run_rerun", args=[run.pk])),
+        ("get", reverse("ensembles:run_export", args=[run.pk, "csv"])),
+        ("get", reverse("ensembles:member_run_detail", args=[member.pk])),
+        ("post", reverse("ensembles:member_run_cancel", args=[member.pk])),
+        ("get", reverse("ensembles:member_run_file", args=[member.pk, "sweep_0.out"])),
+    ]
+    for method, url in urls:
+        assert getattr(other, method)(url).status_code == 404, url
+    assert Run.objects.count() == 1
+
+
+def test_demo_experiment_is_ready_to_launch(alice_client, alice):
+    response = alice_client.post(reverse("ensembles:demo_create"))
+    experiment = alice.experiments.get(name="heat-demo")
+    assert response.status_code == 302
+    ensemble = experiment.ensembles.get()
+    assert len(ensemble.space()) == 12 and ensemble.results_file == "results.json"
+    assert sorted(ensemble.files.values_list("action", flat=True)) == ["configure", "copy"]
+    alice_client.post(reverse("ensembles:demo_create"))
+    assert alice.experiments.filter(name="heat-demo-2").exists()

@@ -1,0 +1,133 @@
+"""Websockets: authentication, origin and permission checked in connect(); the run
+socket sends the true state on connect; the log tail follows a file by offset."""
+
+import asyncio
+from pathlib import Path
+
+import pytest
+from asgiref.sync import async_to_sync
+from channels.testing import WebsocketCommunicator
+from django.test import Client
+
+from ensembles import services
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@pytest.fixture(autouse=True)
+def in_memory_layer(settings):
+    settings.CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+
+
+@pytest.fixture
+def run(alice, experiment, ensemble):
+    return services.run_launch(user=alice, experiment=experiment)
+
+
+def session_cookie(user) -> str:
+    client = Client()
+    client.force_login(user)
+    return client.cookies["sessionid"].value
+
+
+def connect(path, cookie=None, origin="http://127.0.0.1:8000"):
+    """A communicator through the whole ASGI stack (origin check, session auth, routing)."""
+    from webapp.asgi import application
+
+    headers = [(b"host", b"127.0.0.1:8000")]
+    if origin:
+        headers.append((b"origin", origin.encode()))
+    if cookie is not None:
+        headers.append((b"cookie", f"sessionid={cookie}".encode()))
+    return WebsocketCommunicator(application, path, headers=headers)
+
+
+async def _open(communicator):
+    connected, code = await communicator.connect(timeout=5)
+    return connected, code
+
+
+def test_the_owner_gets_the_runs_true_state_on_connect(run, alice):
+    cookie = session_cookie(alice)
+
+    async def scenario():
+        communicator = connect(f"/ws/runs/{run.pk}/", cookie)
+        connected, _ = await _open(communicator)
+        first = await communicator.receive_from(timeout=5)
+        await communicator.disconnect()
+        return connected, first
+
+    connected, first = async_to_sync(scenario)()
+    assert connected
+    assert 'id="run-counts"' in first and 'data-status="New" data-count="6"' in first
+    assert 'hx-trigger="load"' in first  # the table reloads itself after a reconnect
+
+
+@pytest.mark.parametrize("who", ["bob", "charlie", "anonymous"])
+def test_others_and_anonymous_users_are_refused(request, run, who):
+    cookie = None if who == "anonymous" else session_cookie(request.getfixturevalue(who))
+    member = run.members.first()
+
+    async def scenario(path):
+        communicator = connect(path, cookie)
+        connected, code = await _open(communicator)
+        return connected, code
+
+    for path in [f"/ws/runs/{run.pk}/", f"/ws/member-runs/{member.pk}/log/out/"]:
+        connected, code = async_to_sync(scenario)(path)
+        assert not connected and code == 4403, path
+
+
+def test_a_foreign_origin_is_refused(run, alice):
+    cookie = session_cookie(alice)
+
+    async def scenario():
+        communicator = connect(f"/ws/runs/{run.pk}/", cookie, origin="http://evil.example")
+        return await _open(communicator)
+
+    connected, _ = async_to_sync(scenario)()
+    assert not connected
+
+
+def test_the_log_tail_sends_the_last_64_kb_then_follows(run, alice):
+    member = run.members.first()
+    folder = Path(member.cwd)
+    folder.mkdir(parents=True)
+    log = folder / f"{member.name}.out"
+    log.write_bytes(b"a" * 100_000 + b"<end of old>\n")
+    cookie = session_cookie(alice)
+
+    async def scenario():
+        communicator = connect(f"/ws/member-runs/{member.pk}/log/out/", cookie)
+        assert (await _open(communicator))[0]
+        first = await communicator.receive_from(timeout=5)
+        with open(log, "ab") as out:
+            out.write("new line é\n".encode())
+        second = await communicator.receive_from(timeout=5)
+        await communicator.send_to(text_data='{"action": "pause"}')
+        await asyncio.sleep(0.1)
+        with open(log, "ab") as out:
+            out.write(b"while paused\n")
+        paused = await communicator.receive_nothing(timeout=0.6)
+        await communicator.send_to(text_data='{"action": "resume"}')
+        third = await communicator.receive_from(timeout=5)
+        await communicator.disconnect()
+        return first, second, paused, third
+
+    first, second, paused, third = async_to_sync(scenario)()
+    assert first.startswith('<pre id="log-out" hx-swap-oob="beforeend">')
+    assert first.count("a") >= 65_000 - 200 and "&lt;end of old&gt;" in first and first.count("a") < 66_000
+    assert "new line é" in second
+    assert paused
+    assert "while paused" in third
+
+
+def test_a_log_stream_other_than_out_or_err_is_refused(run, alice):
+    member = run.members.first()
+    cookie = session_cookie(alice)
+
+    async def scenario(path):
+        return await _open(connect(path, cookie))
+
+    assert async_to_sync(scenario)(f"/ws/member-runs/{member.pk}/log/passwd/") == (False, 4403)
+    assert async_to_sync(scenario)(f"/ws/member-runs/{member.pk}/log/../../etc/") == (False, 4404)
