@@ -124,6 +124,25 @@ class Stack:
     def start_daphne(self, port: int) -> subprocess.Popen:
         return self.start("daphne", [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "webapp.asgi:application"])
 
+    def cpu_seconds(self) -> dict[str, float]:
+        """user+system CPU seconds used so far by each child's process group (Linux /proc)."""
+        tick = os.sysconf("SC_CLK_TCK")
+        result = {}
+        for child in self.children:
+            total = 0.0
+            for entry in os.listdir("/proc"):
+                if not entry.isdigit():
+                    continue
+                try:
+                    with open(f"/proc/{entry}/stat") as handle:
+                        fields = handle.read().rsplit(")", 1)[1].split()
+                except OSError:
+                    continue
+                if int(fields[2]) == child.pid:  # process group id
+                    total += (int(fields[11]) + int(fields[12])) / tick
+            result[child.bench_name] = total
+        return result
+
     def check_alive(self) -> None:
         for child in self.children:
             if child.poll() is not None:

@@ -55,6 +55,8 @@ def time_launch(stack: Stack, user, name: str, run_settings: dict) -> dict:
         experiment=experiment,
         spec={"name": "ens", "params": [{"name": "i", "values": f"range(0, {MEMBERS})"}], "run_settings": run_settings},
     )
+    cpu_before = stack.cpu_seconds()
+    own_cpu = time.process_time()
     t0 = time.time()
     start = time.perf_counter()
     run = services.run_launch(user=user, experiment=experiment, concurrency=CPUS)  # autocommit: enqueued on commit
@@ -69,6 +71,8 @@ def time_launch(stack: Stack, user, name: str, run_settings: dict) -> dict:
             raise RuntimeError(f"{name}: {unfinished.count()} members still unfinished after {TIMEOUT} s")
         time.sleep(0.01)
     elapsed = time.perf_counter() - start
+    cpu = {name: used - cpu_before.get(name, 0.0) for name, used in stack.cpu_seconds().items()}
+    cpu["bench"] = time.process_time() - own_cpu  # run_launch and the 10 ms polling
 
     completed = MemberRun.objects.filter(run_id=run.pk, status=MemberStatus.COMPLETED).count()
     run = Run.objects.get(pk=run.pk)
@@ -87,6 +91,7 @@ def time_launch(stack: Stack, user, name: str, run_settings: dict) -> dict:
         "first_start_s": min(started) - t0 if started else float("nan"),
         "last_exit_s": max(ended) - t0 if ended else float("nan"),
         "db_all_terminal_s": elapsed,
+        **{f"{name}_cpu_s": used for name, used in cpu.items()},
     }
 
 
@@ -120,7 +125,8 @@ def main():
         print(f"database={stack.database}")
         print(f"redis_url={settings.REDIS_URL}")
         for name, (launch, _) in results.items():
-            for key in ("run_launch_call_s", "claimed_at_s", "queued_at_s", "first_start_s", "last_exit_s", "db_all_terminal_s"):
+            for key in ("run_launch_call_s", "claimed_at_s", "queued_at_s", "first_start_s", "last_exit_s", "db_all_terminal_s",
+                        "worker_cpu_s", "monitor_cpu_s", "bench_cpu_s"):
                 print(f"{name}_{key}={launch[key]:.3f}")
         launch, xargs = results["launch"]
         python_launch, python_xargs = results["launch_python"]

@@ -21,8 +21,12 @@ class ExperimentAdmin(admin.ModelAdmin):
 class AttachedFileInline(admin.TabularInline):
     model = AttachedFile
     fields = ["action", "path", "uploaded", "is_dir", "size"]
-    readonly_fields = ["uploaded", "is_dir", "size"]
+    readonly_fields = ["path", "uploaded", "is_dir", "size"]  # paths are checked only when attached in the app
     extra = 0
+    can_delete = True
+
+    def has_add_permission(self, request, obj=None):
+        return False
 
 
 @admin.register(Ensemble)

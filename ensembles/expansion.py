@@ -38,6 +38,7 @@ class ParameterSpace(Sequence):
         seed: int | None = None,
     ):
         self.names = names
+        self.size = length  # like len(), but any size (len() stops at sys.maxsize)
         self._length = length
         self._member = member
         self.warnings = list(warnings or [])
@@ -51,7 +52,7 @@ class ParameterSpace(Sequence):
             positions = range(self._length)[index]
             parent = self._member
             return ParameterSpace(
-                self.names, len(positions), lambda i: parent(positions[i]), self.warnings, self.seed
+                self.names, _range_size(positions), lambda i: parent(positions[i]), self.warnings, self.seed
             )
         try:
             index = index.__index__()
@@ -69,6 +70,39 @@ class ParameterSpace(Sequence):
 
     def __repr__(self) -> str:
         return f"<ParameterSpace {len(self)} members over {list(self.names)}>"
+
+
+def _range_size(positions: range) -> int:
+    """len() of a range of any size."""
+    step = positions.step
+    span = positions.stop - positions.start
+    return max(0, (span + step - (1 if step > 0 else -1)) // step)
+
+
+class _Shuffle:
+    """A seeded pseudo-random bijection of range(n), computed per index in O(1):
+    a Feistel network on the smallest even number of bits covering n, walking
+    the cycle past values >= n. Sampling k members is then k lookups, whatever n."""
+
+    ROUNDS = 4
+
+    def __init__(self, n: int, seed: int):
+        bits = max(2, (n - 1).bit_length())
+        self.half = (bits + 1) // 2
+        self.mask = (1 << self.half) - 1
+        self.n = n
+        generator = random.Random(seed)
+        self.keys = [generator.getrandbits(64) for _ in range(self.ROUNDS)]
+
+    def __call__(self, index: int) -> int:
+        value = index
+        while True:
+            left, right = value >> self.half, value & self.mask
+            for key in self.keys:
+                left, right = right, left ^ (hash((key, right)) & self.mask)
+            value = (left << self.half) | right
+            if value < self.n:
+                return value
 
 
 def _as_values(name: str, value: Any) -> Sequence:
@@ -148,10 +182,10 @@ def expand(
     if strategy == "random":
         if n_models and n_models < count:
             used_seed = seed if seed is not None else random.SystemRandom().randrange(2**32)
-            # Sample indexes, never the product: O(n_models) whatever the total.
-            sample = random.Random(used_seed).sample(range(count), n_models)
+            # Sample indexes, never the product: the first n_models of a seeded shuffle.
+            shuffle = _Shuffle(count, used_seed)
             inner = combination
-            combination = lambda k: inner(sample[k])  # noqa: E731
+            combination = lambda k: inner(shuffle(k))  # noqa: E731
             count = n_models
         elif n_models:
             warnings.append(

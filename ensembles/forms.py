@@ -178,7 +178,9 @@ class BaseParamFormSet(forms.BaseFormSet):
         ]
 
 
-ParamFormSet = forms.formset_factory(ParamRowForm, formset=BaseParamFormSet, extra=0, can_delete=True, max_num=200)
+ParamFormSet = forms.formset_factory(
+    ParamRowForm, formset=BaseParamFormSet, extra=0, can_delete=True, max_num=200, validate_max=True
+)
 
 
 class EnsembleForm(SettingsForm):
@@ -188,9 +190,11 @@ class EnsembleForm(SettingsForm):
     description = forms.CharField(required=False, widget=forms.Textarea(attrs={"rows": 2}))
     perm_strategy = forms.ChoiceField(label="Strategy", choices=Strategy.choices, initial=Strategy.ALL_PERM)
     n_models = forms.IntegerField(
-        label="Members to sample (n_models)", required=False, min_value=0, help_text="random only; empty or 0 takes every combination."
+        label="Members to sample (n_models)", required=False, min_value=0, max_value=2**63 - 1, help_text="random only; empty or 0 takes every combination."
     )
-    seed = forms.IntegerField(label="Seed", required=False, help_text="random only; empty picks one when you save.")
+    seed = forms.IntegerField(
+        label="Seed", required=False, min_value=0, max_value=2**63 - 1, help_text="random only; empty picks one when you save."
+    )
     replicas = forms.IntegerField(label="Replicas", min_value=1, max_value=1_000_000, initial=1, help_text="Copies of every combination.")
     key_prefixing = forms.BooleanField(label="Prefix the members' database keys (SSKEYOUT)", required=False, initial=True)
     tag = forms.CharField(label="Tag", max_length=10, initial=";", help_text="Configured files replace <tag>NAME<tag>.")

@@ -27,6 +27,7 @@ from typing import Any
 
 __all__ = [
     "RECORD_FILE_NAME",
+    "configurable_paths",
     "FileRefused",
     "Generator",
     "Rendered",
@@ -40,6 +41,7 @@ RECORD_FILE_NAME = "flotilla_params.json"
 TRASH_PREFIX = ".trash-"
 
 MAX_CONFIGURE_FILES = 10_000  # a to_configure folder bigger than this is refused at attach time
+MAX_CONFIGURE_BYTES = 10 * 1024 * 1024  # and so is a bigger configured file
 
 # Only names that look like identifiers are reported as unknown tags, so that
 # code such as ``for (i = 0; i < n; i++)`` is not flagged.
@@ -117,20 +119,26 @@ def resolve_source(path: str | os.PathLike, roots: Iterable[Path]) -> Path:
     text = os.fspath(path)
     if not text or "\x00" in text:
         raise FileRefused("Give the absolute path of a file or folder.")
-    candidate = Path(text).expanduser()
+    candidate = Path(text)
     if not candidate.is_absolute():
         raise FileRefused(f"{text} is not an absolute path.")
-    real = candidate.resolve()
+    try:
+        real = candidate.resolve()
+        exists = real.exists()
+    except (OSError, RuntimeError) as error:
+        raise FileRefused(f"{text} cannot be used: {getattr(error, 'strerror', None) or error}") from None
     allowed = [Path(root).resolve() for root in roots]
     if not any(real == root or real.is_relative_to(root) for root in allowed):
         where = ", ".join(str(root) for root in allowed) or "none are configured (FLOTILLA_FILE_ROOTS)"
         raise FileRefused(f"{text} is outside the folders files may be attached from: {where}.")
-    if not real.exists():
+    if not exists:
         raise FileRefused(f"{text} does not exist.")
     return real
 
 
 def _check_text(path: Path) -> None:
+    if path.stat().st_size > MAX_CONFIGURE_BYTES:
+        raise FileRefused(f"{path.name} is larger than {MAX_CONFIGURE_BYTES // 1024 // 1024} MB; only small text files can be configured.")
     data = path.read_bytes()
     try:
         text = data.decode("utf-8")
@@ -143,22 +151,29 @@ def _check_text(path: Path) -> None:
         raise FileRefused(f"{path.name} looks binary (it contains NUL bytes); only text files can be configured.")
 
 
-def check_configurable(path: Path) -> None:
-    """Refuse a to_configure source that is not UTF-8 text, or a folder holding one
-    (or holding a linked folder, which could loop)."""
+def configurable_paths(path: Path) -> list[tuple[str, Path]]:
+    """(path relative to the member dir, file) of everything a to_configure source
+    renders; refuses links inside a folder (they could point anywhere, or loop)."""
     if path.is_file():
-        _check_text(path)
-        return
-    count = 0
+        return [(path.name, path)]
+    found = []
     for folder, dirs, files in os.walk(path):
-        for name in dirs:
+        dirs.sort()
+        for name in dirs + sorted(files):
             if os.path.islink(os.path.join(folder, name)):
-                raise FileRefused(f"{name} in {path.name} is a linked folder; configured folders cannot contain links.")
-        for name in files:
-            count += 1
-            if count > MAX_CONFIGURE_FILES:
+                raise FileRefused(f"{name} in {path.name} is a link; configured folders cannot contain links.")
+        for name in sorted(files):
+            if len(found) >= MAX_CONFIGURE_FILES:
                 raise FileRefused(f"{path.name} holds more than {MAX_CONFIGURE_FILES:,} files.")
-            _check_text(Path(folder) / name)
+            file = Path(folder) / name
+            found.append((str(file.relative_to(path)), file))
+    return found
+
+
+def check_configurable(path: Path) -> None:
+    """Refuse a to_configure source that is not small UTF-8 text, or a folder holding one."""
+    for _, file in configurable_paths(path):
+        _check_text(file)
 
 
 def discard_later(paths: list[Path]) -> threading.Thread | None:
@@ -200,11 +215,8 @@ class Generator:
         self.templates: list[tuple[str, str]] = []  # (path relative to the member dir, text)
         for source in (resolve_source(path, roots) for path in configure):
             check_configurable(source)
-            if source.is_dir():
-                for path in sorted(p for p in source.rglob("*") if p.is_file()):
-                    self.templates.append((str(path.relative_to(source)), path.read_bytes().decode("utf-8")))
-            else:
-                self.templates.append((source.name, source.read_bytes().decode("utf-8")))
+            for relative, file in configurable_paths(source):
+                self.templates.append((relative, file.read_bytes().decode("utf-8")))
         for relative in [p.name for p in self.symlink] + [r for r, _ in self.templates]:
             if Path(relative).is_absolute() or ".." in Path(relative).parts:
                 raise FileRefused(f"{relative} would be written outside the member directory.")

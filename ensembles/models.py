@@ -8,16 +8,17 @@ jsonb does not keep object key order, so parameters are stored as lists.
 
 from __future__ import annotations
 
+import math
 import re
 from pathlib import Path
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
-from django.core.validators import RegexValidator
+from django.core.validators import MinValueValidator, RegexValidator
 from django.db import models
 
 from . import specs
-from .expansion import STRATEGIES, ParameterSpace, expand
+from .expansion import STRATEGIES, ExpansionError, ParameterSpace, expand
 from .values import ValueSyntaxError, parse_values
 
 # Names become directory names: no separators, no leading dot.
@@ -115,7 +116,7 @@ class Ensemble(models.Model):
     params = models.JSONField(default=list, blank=True)
     perm_strategy = models.CharField(max_length=10, choices=Strategy.choices, default=Strategy.ALL_PERM)
     n_models = models.PositiveBigIntegerField(null=True, blank=True)
-    seed = models.BigIntegerField(null=True, blank=True)
+    seed = models.BigIntegerField(null=True, blank=True, validators=[MinValueValidator(0)])
     replicas = models.PositiveIntegerField(default=1)
     params_as_args = models.JSONField(default=list, blank=True)
     run_settings = models.JSONField(default=dict, validators=[validate_run_settings])
@@ -172,6 +173,16 @@ class Ensemble(models.Model):
             )
         if self.perm_strategy == Strategy.RANDOM and self.seed is None:
             errors["seed"] = "A random ensemble needs a seed so that every preview and launch pick the same members."
+        if "params" not in errors:
+            try:
+                self.space()
+            except ExpansionError as error:
+                errors["params"] = str(error)
+        if self.experiment_id and self.name:
+            if self.experiment.members.filter(ensemble__isnull=True, name=self.name).exists():
+                errors["name"] = f"'{self.name}' is already the name of a model in this experiment."
+            if self.experiment.members.filter(name__regex=rf"^{re.escape(self.name)}_[0-9]+$").exists():
+                errors["name"] = f"'{self.name}_<n>' would clash with a member added by hand; choose another name."
         if errors:
             raise ValidationError(errors)
 
@@ -211,6 +222,7 @@ class Member(models.Model):
             and isinstance(row["name"], str)
             and PARAM_NAME.fullmatch(row["name"])
             and isinstance(row["value"], (str, int, float, bool))
+            and not (isinstance(row["value"], float) and not math.isfinite(row["value"]))
             for row in self.params
         ):
             errors["params"] = "Each parameter needs a valid name and one text or number value."

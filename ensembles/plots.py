@@ -12,8 +12,14 @@ MAX_SCATTER_POINTS = 1000
 def parameter_scatter(space: ParameterSpace, names: list[str], max_points: int = MAX_SCATTER_POINTS) -> dict:
     """The points of 2 or 3 numeric parameters; a fixed random sample of big spaces
     (a stride would only show the slowest-varying parameter of an all_perm space)."""
-    total = len(space)
-    indexes = range(total) if total <= max_points else sorted(random.Random(0).sample(range(total), max_points))
+    total = space.size
+    if total <= max_points:
+        indexes = range(total)
+    else:  # a fixed random sample; randrange works for spaces beyond sys.maxsize
+        generator, chosen = random.Random(0), set()
+        while len(chosen) < max_points:
+            chosen.add(generator.randrange(total))
+        indexes = sorted(chosen)
     columns = {name: [] for name in names}
     for index in indexes:
         member = space[index]

@@ -16,7 +16,7 @@ from django.utils import timezone
 
 from . import plots
 from .expansion import ParameterSpace
-from .generation import Rendered, render_tags
+from .generation import FileRefused, Rendered, configurable_paths, render_tags
 from .models import (
     TERMINAL_STATUSES,
     AttachedFile,
@@ -33,7 +33,7 @@ from .specs import member_argv
 from .values import infer_type
 
 PREVIEW_PAGE_SIZE = 20
-MAX_PREVIEW_FILE_BYTES = 256 * 1024
+MAX_PREVIEW_FILE_BYTES = 64 * 1024
 
 
 def experiments_visible_to(user) -> QuerySet[Experiment]:
@@ -107,7 +107,7 @@ def ensemble_preview(
     numeric_names: list[str] = (),
 ) -> Preview:
     """A page of members (generated ones first, then those added by hand) with their command lines."""
-    generated = len(space)
+    generated = space.size
     total = generated + len(manual_members)
     pages = max(1, -(-total // PREVIEW_PAGE_SIZE))
     page = min(max(1, page), pages)
@@ -147,11 +147,12 @@ def configurable_files(ensemble: Ensemble) -> list[tuple[str, Path]]:
     found = []
     for attached in ensemble.files.filter(action=FileAction.CONFIGURE):
         root = Path(attached.path)
-        if attached.is_dir:
-            for path in sorted(p for p in root.rglob("*") if p.is_file()):
-                found.append((f"{root.name}/{path.relative_to(root)}", path))
-        else:
-            found.append((root.name, root))
+        try:
+            paths = configurable_paths(root)
+        except (FileRefused, OSError):
+            continue  # changed since it was attached: the launch reports it
+        prefix = f"{root.name}/" if attached.is_dir else ""
+        found.extend((prefix + relative, path) for relative, path in paths)
     return found
 
 
@@ -164,8 +165,10 @@ class RenderedFile:
 
 
 def configured_file_preview(path: Path, label: str, params: dict, tag: str) -> RenderedFile:
-    """One configured file as a member would get it, cut to the first 256 KB for display."""
+    """One configured file as a member would get it, cut to the first 64 KB for display."""
     try:
+        if path.is_symlink():
+            return RenderedFile(label, error=f"{label} is now a link; it will not be configured.")
         with open(path, "rb") as handle:
             data = handle.read(MAX_PREVIEW_FILE_BYTES + 1)
         text = data[:MAX_PREVIEW_FILE_BYTES].decode("utf-8", errors="replace")

@@ -47,14 +47,25 @@ from .models import (
 
 
 def _save(instance, *, duplicate_message: str):
-    """Validate then save; the only unique constraint these models can break is the name's."""
+    """Validate, then save; a taken name (checked first, or lost in a race) is a
+    message on the name, any other integrity error is a bug and propagates."""
     instance.full_clean(validate_constraints=False)
+    taken = type(instance).objects.exclude(pk=instance.pk).filter(**_unique_lookup(instance))
+    if taken.exists():
+        raise ValidationError({"name": duplicate_message})
     try:
         with transaction.atomic():
             instance.save()
     except IntegrityError:
-        raise ValidationError({"name": duplicate_message}) from None
+        if taken.exists():
+            raise ValidationError({"name": duplicate_message}) from None
+        raise
     return instance
+
+
+def _unique_lookup(instance) -> dict:
+    parent = "owner" if isinstance(instance, Experiment) else "experiment"
+    return {parent: getattr(instance, parent), "name": instance.name}
 
 
 def experiment_create(*, owner, name: str, description: str = "", launcher: str = "local") -> Experiment:
@@ -149,18 +160,21 @@ def file_attach_path(*, owner: Ensemble | Member, path: str, action: str) -> Att
 def file_attach_upload(*, owner: Ensemble | Member, uploaded_file, action: str, user) -> AttachedFile:
     """Store an uploaded file under the uploads folder and attach it."""
     name = Path(uploaded_file.name or "").name
-    if not name or name.startswith("."):
-        raise ValidationError({"upload": "The uploaded file needs a name that does not start with a dot."})
+    if not name or name.startswith(".") or len(name.encode()) > 255:
+        raise ValidationError({"upload": "The file needs a name that does not start with a dot, of at most 255 bytes."})
     if uploaded_file.size > settings.MAX_UPLOAD_BYTES:
         raise ValidationError({"upload": f"The file is larger than {settings.MAX_UPLOAD_BYTES:,} bytes."})
     folder = settings.UPLOAD_DIR / str(user.pk) / uuid.uuid4().hex
-    folder.mkdir(parents=True, exist_ok=True)
-    target = folder / name
-    with open(target, "wb") as out:
-        for chunk in uploaded_file.chunks():
-            out.write(chunk)
     try:
+        folder.mkdir(parents=True, exist_ok=True)
+        target = folder / name
+        with open(target, "wb") as out:
+            for chunk in uploaded_file.chunks():
+                out.write(chunk)
         return _attach(owner, action, target, uploaded=True)
+    except OSError as error:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise ValidationError({"upload": f"The file could not be stored: {error.strerror}."}) from None
     except ValidationError:
         shutil.rmtree(folder, ignore_errors=True)
         raise
@@ -168,9 +182,11 @@ def file_attach_upload(*, owner: Ensemble | Member, uploaded_file, action: str, 
 
 def file_detach(*, attached: AttachedFile) -> None:
     if attached.uploaded:
-        path = Path(attached.path)
-        if path.is_relative_to(settings.UPLOAD_DIR):
-            shutil.rmtree(path.parent, ignore_errors=True)
+        # Uploads live in UPLOAD_DIR/<user>/<uuid>/<name>: remove exactly that <uuid> folder.
+        folder = Path(attached.path).resolve().parent
+        uploads = Path(settings.UPLOAD_DIR).resolve()
+        if folder.parent.parent == uploads:
+            shutil.rmtree(folder, ignore_errors=True)
     attached.delete()
 
 
@@ -218,7 +234,7 @@ def run_launch(*, user, experiment: Experiment, concurrency: int | None = None) 
             spaces[ensemble.pk] = space = ensemble.space()
         except ValidationError as error:
             raise ValidationError(f"Ensemble '{ensemble.name}' is invalid: {' '.join(error.messages)}") from None
-        size = len(space) + len(ensemble.members.all())
+        size = space.size + len(ensemble.members.all())
         if size == 0:
             detail = " ".join(space.warnings)
             raise ValidationError(f"Ensemble '{ensemble.name}' has no members, so there is nothing to launch. {detail}".strip())

@@ -79,8 +79,10 @@ class Linspace(Sequence):
             raise IndexError("linspace index out of range")
         if index == self.n - 1 and self.n > 1:
             x = float(self.b)  # exact endpoint, as numpy does
+        elif self.n > 1:
+            x = self.a + (self.b - self.a) * index / (self.n - 1)
         else:
-            x = self.a + (self.b - self.a) * index / (self.n - 1) if self.n > 1 else float(self.a)
+            x = float(self.a)
         return 10.0**x if self.log else float(x)
 
 
@@ -110,23 +112,18 @@ class Chain(Sequence):
         return self.parts[part][index - start]
 
 
-_TOKEN = re.compile(
-    r"""\s*(?:
-        (?P<string>"(?:[^"\\]|\\.)*"|'(?:[^'\\]|\\.)*')
-      | (?P<call>(?P<func>range|linspace|logspace)\s*\((?P<args>[^()]*)\))
-      | (?P<bare>[^,"']*?)
-    )\s*(?:,|$)""",
-    re.VERBOSE,
-)
+_CALL = re.compile(r"(range|linspace|logspace)\s*\(")
 _INT = re.compile(r"[+-]?\d+")
-_FLOAT = re.compile(r"[+-]?(?:\d+\.\d*|\.\d+|\d+)(?:[eE][+-]?\d+)?|[+-]?(?:inf|nan)", re.IGNORECASE)
+_FLOAT = re.compile(r"[+-]?(?:\d+\.\d*|\.\d+|\d+)(?:[eE][+-]?\d+)?")
+MAX_DIGITS = 300  # longer numbers stay text (Python refuses to parse > 4300 digits)
 
 
 def infer_type(text: str) -> Any:
-    """Type inference for one bare item: int, float, bool, else the text itself."""
-    if _INT.fullmatch(text):
+    """Type inference for one bare item: int, finite float, bool, else the text itself
+    (so "nan" and "inf" are text: they cannot be stored as JSON numbers)."""
+    if len(text) <= MAX_DIGITS and _INT.fullmatch(text):
         return int(text)
-    if _FLOAT.fullmatch(text):
+    if len(text) <= MAX_DIGITS and _FLOAT.fullmatch(text) and math.isfinite(float(text)):
         return float(text)
     lowered = text.lower()
     if lowered in ("true", "false"):
@@ -141,11 +138,14 @@ def _decimals(literal: str) -> int:
 
 def _number(func: str, literal: str, position: int) -> int | float:
     literal = literal.strip()
-    if _INT.fullmatch(literal):
-        return int(literal)
-    if _FLOAT.fullmatch(literal) and math.isfinite(float(literal)):
-        return float(literal)
-    raise ValueSyntaxError(f"{func}(): argument {position} must be a number, got {literal!r}")
+    value = infer_type(literal)
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return value
+    raise ValueSyntaxError(f"{func}(): argument {position} must be a number, got {literal[:40]!r}")
+
+
+def _too_many(func: str, count) -> ValueSyntaxError:
+    return ValueSyntaxError(f"{func}() gives {count:,.0f} values; at most {MAX_RANGE_LENGTH:,} are allowed")
 
 
 def _call(func: str, args_text: str) -> Sequence:
@@ -160,57 +160,93 @@ def _call(func: str, args_text: str) -> Sequence:
         step = numbers[2] if len(numbers) == 3 else 1
         if step == 0:
             raise ValueSyntaxError("range(): step must not be zero")
+        count = (stop - start) / step
+        if not math.isfinite(count):
+            raise ValueSyntaxError("range(): the number of values is not finite")
+        if count > MAX_RANGE_LENGTH:
+            raise _too_many(func, count)
         if all(isinstance(n, int) for n in numbers):
             values = range(start, stop, step)
         else:
-            values = ArithmeticRange(start, stop, step, max(_decimals(a.strip()) for a in args))
+            values = ArithmeticRange(start, stop, step, min(15, max(_decimals(a.strip()) for a in args)))
     else:
         if len(args) != 3:
             raise ValueSyntaxError(f"{func}() takes (start, stop, count)")
         a, b = _number(func, args[0], 1), _number(func, args[1], 2)
         n = _number(func, args[2], 3)
         if not isinstance(n, int) or n < 1:
-            raise ValueSyntaxError(f"{func}(): count must be a whole number of at least 1, got {args[2].strip()!r}")
+            raise ValueSyntaxError(f"{func}(): count must be a whole number of at least 1, got {args[2].strip()[:40]!r}")
+        if n > MAX_RANGE_LENGTH:
+            raise _too_many(func, n)
+        if func == "logspace" and max(abs(a), abs(b)) > 300:
+            raise ValueSyntaxError("logspace(): exponents must lie between -300 and 300")
+        if not math.isfinite(b - a):
+            raise ValueSyntaxError(f"{func}(): the interval is too wide")
         values = Linspace(a, b, n, log=func == "logspace")
-    if len(values) > MAX_RANGE_LENGTH:
-        raise ValueSyntaxError(f"{func}() gives {len(values):,} values; at most {MAX_RANGE_LENGTH:,} are allowed")
     return values
 
 
+def _quoted(text: str, start: int) -> tuple[str, int]:
+    """The string opened by the quote at ``start`` (backslash escapes) and the position after it."""
+    quote, position, out = text[start], start + 1, []
+    while position < len(text):
+        char = text[position]
+        if char == "\\" and position + 1 < len(text):
+            out.append(text[position + 1])
+            position += 2
+        elif char == quote:
+            return "".join(out), position + 1
+        else:
+            out.append(char)
+            position += 1
+    raise ValueSyntaxError(f"a string opened with {quote} is never closed")
+
+
 def parse_values(text: str) -> Sequence:
-    """Parse a value list; raise ValueSyntaxError with a message fit for the user."""
+    """Parse a value list; raise ValueSyntaxError with a message fit for the user.
+    A hand-written scanner: linear in the length of the text whatever it holds."""
     if text is None or not text.strip():
         raise ValueSyntaxError("enter at least one value")
     parts: list[Sequence] = []
     loose: list[Any] = []
-    position = 0
-    item_number = 0
-    while position < len(text):
-        match = _TOKEN.match(text, position)
-        item_number += 1
-        if not match or match.end() == position:
-            raise ValueSyntaxError(f"item {item_number}: cannot read {text[position:].strip()!r}")
-        if match.group("string") is not None:
-            quoted = match.group("string")
-            loose.append(re.sub(r"\\(.)", r"\1", quoted[1:-1]))
-        elif match.group("call") is not None:
+    position, length, item = 0, len(text), 0
+    while True:
+        item += 1
+        while position < length and text[position].isspace():
+            position += 1
+        if position == length or text[position] == ",":
+            raise ValueSyntaxError(f"item {item} is empty (two commas in a row, or a trailing comma?)")
+        call = _CALL.match(text, position)
+        if text[position] in "\"'":
+            value, position = _quoted(text, position)
+            loose.append(value)
+        elif call:
+            close = text.find(")", call.end())
+            if close == -1 or "(" in text[call.end() : close]:
+                raise ValueSyntaxError(f"item {item}: {call.group(1)}( is not closed with )")
             if loose:
                 parts.append(loose)
                 loose = []
-            parts.append(_call(match.group("func"), match.group("args")))
+            parts.append(_call(call.group(1), text[call.end() : close]))
+            position = close + 1
         else:
-            bare = match.group("bare").strip()
-            if not bare:
-                raise ValueSyntaxError(f"item {item_number} is empty (two commas in a row, or a trailing comma?)")
-            if "(" in bare or ")" in bare:
+            end = text.find(",", position)
+            end = length if end == -1 else end
+            bare = text[position:end].strip()
+            if any(c in bare for c in "()\"'"):
                 raise ValueSyntaxError(
-                    f"item {item_number}: {bare!r} is not understood; "
+                    f"item {item}: {bare[:40]!r} is not understood; "
                     "use range(a, b[, step]), linspace(a, b, n) or logspace(a, b, n), or quote the text"
                 )
             loose.append(infer_type(bare))
-        position = match.end()
-        if text[match.end() - 1 : match.end()] == "," and not text[position:].strip():
-            raise ValueSyntaxError(f"item {item_number + 1} is empty (trailing comma?)")
+            position = end
+        while position < length and text[position].isspace():
+            position += 1
+        if position == length:
+            break
+        if text[position] != ",":
+            raise ValueSyntaxError(f"item {item}: expected a comma before {text[position:position + 20]!r}")
+        position += 1
     if loose:
         parts.append(loose)
     if len(parts) == 1:
@@ -224,4 +260,6 @@ def is_numeric(values: Sequence) -> bool:
         return True
     if isinstance(values, Chain):
         return all(is_numeric(part) for part in values.parts)
-    return bool(values) and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
+    return bool(values) and all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in values
+    )

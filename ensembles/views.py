@@ -72,7 +72,7 @@ def experiment_detail(request, pk):
     ensembles = list(experiment.ensembles.all())
     for ensemble in ensembles:
         try:
-            ensemble.member_count = len(ensemble.space())
+            ensemble.member_count = ensemble.space().size
         except (ValidationError, ExpansionError):
             ensemble.member_count = None
     models = experiment.members.filter(ensemble__isnull=True)

@@ -10,6 +10,10 @@ from .env import BASE_DIR, data_dir, env_bool, env_dirs, env_int, env_list, env_
 DEBUG = env_bool("DEBUG", False)
 SECRET_KEY = env_str("SECRET_KEY", "dev-only-insecure-key-do-not-use-in-production" if DEBUG else None)
 ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", ["127.0.0.1", "localhost"])
+# Behind a proxy that terminates HTTPS: e.g. https://flotilla.example.org
+CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", [])
+if env_bool("BEHIND_HTTPS_PROXY", False):
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
 
 # Where experiments are generated, uploads kept and the default SQLite file lives.
 DATA_DIR = data_dir()
@@ -29,7 +33,8 @@ REDIS_URL = env_url("REDIS_URL", "redis://127.0.0.1:6379/0", schemes=("redis", "
 _default_database = f"sqlite:///{DATA_DIR / 'flotilla.sqlite3'}"
 _database_url = env_str("DATABASE_URL", _default_database)
 try:
-    _database = dj_database_url.parse(_database_url, conn_max_age=60, conn_health_checks=True)
+    # No persistent connections: under ASGI each request may run in another thread.
+    _database = dj_database_url.parse(_database_url, conn_max_age=0)
 except Exception as error:  # dj-database-url raises several types for bad URLs
     raise ImproperlyConfigured(f"DATABASE_URL is not a valid database URL: {error}") from None
 if _database["ENGINE"] == "django.db.backends.sqlite3":

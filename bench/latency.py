@@ -1,0 +1,212 @@
+"""Member exit -> websocket message at a browser, through the whole stack.
+
+daphne + a Celery worker + the monitor run as real processes. A logged-in
+websocket client (session cookie from django.test.Client.force_login, Origin
+http://127.0.0.1:<port>) subscribes to ws://127.0.0.1:<port>/ws/runs/<id>/.
+The run has 50 members (concurrency 50), member i sleeping 0.2 + 0.05*i s, so
+that exits are spread. run_launch is called with its on_commit enqueue held
+back until the socket is open, then the task is enqueued as run_launch would.
+
+Per member: its exit time is "ended" in its status file (written by the local
+runner right after the process exits); its arrival time is when the first
+websocket message arrives holding its row (id="member-<pk>") with a terminal
+data-status. The monitor's database write (MemberRun.updated) splits the
+latency into exit->db and db->websocket.
+Prints name=value lines; the last is the headline exit_to_ws_p95_ms.
+"""
+
+import asyncio
+import json
+import os
+import re
+import sys
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _stack import Stack  # noqa: E402
+
+from webapp.supervisor import free_port  # noqa: E402
+
+MEMBERS = int(os.environ.get("BENCH_MEMBERS", "50"))
+TIMEOUT = 120.0
+ROW = re.compile(r'<tr id="member-(\d+)"(.*?)</tr>', re.S)
+STATUS = re.compile(r'data-status="(\w+)"')
+TERMINAL = {"Completed", "Failed", "Cancelled", "Lost"}
+
+
+def percentile(values, fraction):
+    ordered = sorted(values)
+    return ordered[max(0, min(len(ordered) - 1, round(fraction * len(ordered) + 0.5) - 1))]
+
+
+class SocketClient(threading.Thread):
+    """A websocket client in its own thread (own event loop) recording (arrival epoch, text)."""
+
+    def __init__(self, url: str, origin: str, cookie: str):
+        super().__init__(daemon=True)
+        self.url, self.origin, self.cookie = url, origin, cookie
+        self.messages: list[tuple[float, str]] = []
+        self.opened = threading.Event()
+        self.stop = threading.Event()
+        self.error: BaseException | None = None
+
+    def run(self):
+        try:
+            asyncio.run(self.main())
+        except BaseException as error:  # reported by the main thread
+            self.error = error
+            self.opened.set()
+
+    async def main(self):
+        from websockets.asyncio.client import connect
+
+        async with connect(self.url, origin=self.origin, additional_headers={"Cookie": self.cookie}, open_timeout=10) as socket:
+            self.opened.set()
+            while not self.stop.is_set():
+                try:
+                    text = await asyncio.wait_for(socket.recv(), timeout=0.1)
+                except TimeoutError:
+                    continue
+                self.messages.append((time.time(), text))
+
+
+def main():
+    stack = Stack("latency")
+    client = None
+    try:
+        from django.contrib.auth import get_user_model
+        from django.test import Client
+
+        from ensembles import services
+        from ensembles.models import TERMINAL_STATUSES, MemberRun
+
+        user = get_user_model().objects.create_user("bench", password="bench-password-1")
+        browser = Client(HTTP_HOST="127.0.0.1")
+        browser.force_login(user)
+        session = browser.cookies["sessionid"].value
+
+        port = free_port()
+        stack.start_daphne(port)
+        stack.start_worker()
+        stack.start_monitor()
+        deadline = time.monotonic() + 60
+        while True:
+            stack.check_alive()
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1)
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise RuntimeError("daphne did not answer /healthz") from None
+                time.sleep(0.1)
+        stack.wait_worker()
+        stack.wait_monitor()
+
+        experiment = services.experiment_create(owner=user, name="bench-latency")
+        services.ensemble_save(
+            experiment=experiment,
+            spec={
+                "name": "ens",
+                "params": [{"name": "i", "values": f"range(0, {MEMBERS})"}],
+                "params_as_args": ["i"],
+                "run_settings": {"exe": sys.executable,
+                                 "exe_args": ["-c", "import sys, time; time.sleep(0.2 + 0.05 * int(sys.argv[-1]))"]},
+            },
+        )
+        held = []
+        enqueue = services._enqueue
+        services._enqueue = lambda *args: held.append(args)  # hold the submit until the socket is open
+        try:
+            run = services.run_launch(user=user, experiment=experiment, concurrency=MEMBERS)
+        finally:
+            services._enqueue = enqueue
+        assert held, "run_launch enqueued nothing"
+
+        origin = f"http://127.0.0.1:{port}"
+        client = SocketClient(f"ws://127.0.0.1:{port}/ws/runs/{run.pk}/", origin, f"sessionid={session}")
+        client.start()
+        client.opened.wait(15)
+        if client.error or not client.opened.is_set():
+            raise RuntimeError(f"the websocket did not open: {client.error!r}")
+        deadline = time.monotonic() + 10
+        while not client.messages and time.monotonic() < deadline:  # the state sent on connect
+            time.sleep(0.01)
+        connect_messages = len(client.messages)
+        for args in held:
+            enqueue(*args)
+
+        unfinished = MemberRun.objects.filter(run_id=run.pk).exclude(status__in=TERMINAL_STATUSES)
+        start = time.monotonic()
+        while unfinished.exists():
+            stack.check_alive()
+            if time.monotonic() - start > TIMEOUT:
+                raise RuntimeError(f"{unfinished.count()} members unfinished after {TIMEOUT} s")
+            time.sleep(0.05)
+
+        members = list(MemberRun.objects.filter(run_id=run.pk).select_related("run"))
+        wanted = {str(m.pk) for m in members}
+
+        def arrivals():
+            seen = {}
+            for arrived, text in client.messages:
+                for pk, body in ROW.findall(text):
+                    status = STATUS.search(body)
+                    if pk in wanted and pk not in seen and status and status.group(1) in TERMINAL:
+                        seen[pk] = arrived
+            return seen
+
+        deadline = time.monotonic() + 5  # the last pushes may still be on their way
+        while len(arrivals()) < len(wanted) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        client.stop.set()
+        client.join(5)
+        seen = arrivals()
+
+        to_ws, to_db, db_to_ws = [], [], []
+        for member in members:
+            with open(member.status_file) as handle:
+                ended = json.load(handle)["ended"]
+            if str(member.pk) in seen:
+                to_ws.append((seen[str(member.pk)] - ended) * 1000)
+                db_to_ws.append((seen[str(member.pk)] - member.updated.timestamp()) * 1000)
+            to_db.append((member.updated.timestamp() - ended) * 1000)
+        completed = sum(m.status == "Completed" for m in members)
+        if os.environ.get("BENCH_DUMP"):  # raw timings, for digging into a slow figure
+            with open(os.environ["BENCH_DUMP"], "w") as out:
+                json.dump({
+                    "members": [{"pk": m.pk, "updated": m.updated.timestamp(), "arrived": seen.get(str(m.pk)),
+                                 "status_file": json.load(open(m.status_file))} for m in members],
+                    "messages": [(arrived, [pk for pk, _ in ROW.findall(text)], len(text)) for arrived, text in client.messages],
+                }, out, indent=1)
+
+        print(f"members={MEMBERS}")
+        print(f"completed={completed}")
+        print(f"database={stack.database}")
+        print(f"ws_messages={len(client.messages)}")
+        print(f"ws_messages_on_connect={connect_messages}")
+        print(f"missing={len(wanted) - len(seen)}")
+        print(f"exit_to_db_p50_ms={percentile(to_db, 0.5):.1f}")
+        print(f"exit_to_db_p95_ms={percentile(to_db, 0.95):.1f}")
+        if to_ws:
+            print(f"db_to_ws_p50_ms={percentile(db_to_ws, 0.5):.1f}")
+            print(f"db_to_ws_p95_ms={percentile(db_to_ws, 0.95):.1f}")
+            print(f"exit_to_ws_min_ms={min(to_ws):.1f}")
+            print(f"exit_to_ws_max_ms={max(to_ws):.1f}")
+        print(f"samples={len(to_ws)}")
+        if not to_ws:
+            raise RuntimeError("no member's terminal row arrived over the websocket")
+        print(f"exit_to_ws_p50_ms={percentile(to_ws, 0.5):.1f}")
+        print(f"exit_to_ws_p95_ms={percentile(to_ws, 0.95):.1f}")
+    finally:
+        if client is not None:
+            client.stop.set()
+            client.join(5)
+        stack.close()
+
+
+if __name__ == "__main__":
+    main()
