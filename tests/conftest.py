@@ -1,6 +1,7 @@
 """Shared fixtures: the personas alice, bob (same role, different owner) and charlie (staff)."""
 
 import pytest
+from django.conf import settings
 
 from ensembles import services
 
@@ -62,3 +63,13 @@ def ensemble(experiment):
             "run_settings": {"exe": "/bin/echo", "exe_args": ["run"]},
         },
     )
+
+
+@pytest.fixture(scope="session")
+def test_database_url(django_db_setup) -> str:
+    """A DATABASE_URL for child processes (daphne, Celery, the monitor) to use the test database."""
+    db = settings.DATABASES["default"]
+    if db["ENGINE"].endswith("sqlite3"):
+        return f"sqlite:///{db['NAME']}"
+    auth = db["USER"] + (f":{db['PASSWORD']}" if db.get("PASSWORD") else "")
+    return f"postgres://{auth}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{db['NAME']}"

@@ -14,7 +14,7 @@ pytestmark = pytest.mark.integration
 
 def test_a_real_celery_worker_runs_the_health_task(celery_worker_process):
     assert ping.delay().get(timeout=30) == "pong"
-    assert celery_worker_process.poll() is None
+    assert celery_worker_process.popen.poll() is None
 
 
 def test_the_redis_channel_layer_delivers_group_messages():
