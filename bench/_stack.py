@@ -6,7 +6,7 @@
   server the bench claims an empty logical database (15, 14, ... 1) so that no
   other Flotilla instance on the same server (its Celery worker on the default
   queue, its monitor, its channel layer) sees the bench's tasks and pushes;
-- a fresh event stream name (FLOTILLA_EVENT_STREAM);
+- a fresh event stream name (FLOTILLA_EVENT_STREAM) and Celery queue (FLOTILLA_TASK_QUEUE);
 - child processes (Celery worker, monitor, daphne) get this process's environment,
   each in its own process group, and are stopped in ``Stack.close``.
 """
@@ -79,6 +79,7 @@ class Stack:
         os.environ["DJANGO_SETTINGS_MODULE"] = "webapp.settings_test"
         os.environ.setdefault("SECRET_KEY", "bench-only-not-a-secret")
         os.environ["FLOTILLA_EVENT_STREAM"] = f"flotilla:bench:{prefix}:{uuid.uuid4().hex[:8]}"
+        os.environ["FLOTILLA_TASK_QUEUE"] = f"flotilla-bench-{prefix}-{uuid.uuid4().hex[:8]}"
         os.environ.pop("DJANGO_ALLOW_ASYNC_UNSAFE", None)
         url = os.environ.get("REDIS_URL") or DEFAULT_REDIS_URL
         if redis_answers(url):

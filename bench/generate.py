@@ -12,6 +12,9 @@ five tags (;a; ;b; ;c; ;d; ;e;). Cases, interleaved over BENCH_ROUNDS rounds
 
 Generator also writes flotilla_params.json per member, which the baseline does
 not; baseline_with_record_s adds that file to the baseline for reference.
+Every timed case starts after os.sync(): on this disk, file creation slows down
+several-fold while earlier writes are being flushed, which otherwise makes the
+order of the cases decide the figures.
 Prints name=value lines; the last is the headline generate_s / baseline_s.
 """
 
@@ -49,6 +52,7 @@ def make_sources(root: Path) -> tuple[Path, Path]:
 
 def run_generator(generator: Generator, root: Path) -> float:
     trash: list[Path] = []
+    os.sync()  # start every case with no dirty pages left by the one before
     start = time.perf_counter()
     for i in range(MEMBERS):
         name = f"ens_{i}"
@@ -61,6 +65,7 @@ def run_generator(generator: Generator, root: Path) -> float:
 
 
 def run_baseline(copied: Path, template: Path, root: Path, *, record: bool = False) -> float:
+    os.sync()
     start = time.perf_counter()
     text = template.read_text()
     for i in range(MEMBERS):

@@ -314,6 +314,8 @@ class Run(models.Model):
     submit_error = models.TextField(blank=True)
     claimed_at = models.DateTimeField(null=True, blank=True)
     claimed_by = models.CharField(max_length=200, blank=True)  # "<host>:<pid>" of the submitting worker process
+    # Runner specs and status files; unique, so that a reused id never meets old files.
+    work_dir = models.CharField(max_length=4096)
     created = models.DateTimeField(auto_now_add=True)
     finished = models.DateTimeField(null=True, blank=True)
 
@@ -324,9 +326,6 @@ class Run(models.Model):
     def __str__(self):
         return f"{self.experiment.name} run {self.number}"
 
-    @property
-    def work_dir(self) -> Path:
-        return settings.DATA_DIR / "runs" / str(self.pk)
 
 
 class MemberKind(models.TextChoices):
@@ -378,7 +377,7 @@ class MemberRun(models.Model):
 
     @property
     def status_file(self) -> str:
-        return str(self.run.work_dir / "status" / f"{self.pk}.json")
+        return str(Path(self.run.work_dir) / "status" / f"{self.pk}.json")
 
     @property
     def stdout(self) -> str:

@@ -19,7 +19,7 @@ from pathlib import Path
 from django.conf import settings
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.core.files import File
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connection, transaction
 from django.db.models import Max
 from django.utils import timezone
 
@@ -263,6 +263,7 @@ def run_launch(*, user, experiment: Experiment, concurrency: int | None = None) 
             launcher=launcher,
             concurrency=concurrency,
             generation=generation,
+            work_dir=str(settings.DATA_DIR / "runs" / uuid.uuid4().hex),
         )
         MemberRun.objects.bulk_create(_member_rows(run, root, ensembles, spaces, models), batch_size=2000)
         _enqueue("run_submit", run.pk)
@@ -361,7 +362,7 @@ def _mark_queued(run: Run, members: list[MemberRun]) -> None:
 
 
 def _submit_members(run: Run, launcher, members: list[MemberRun]) -> None:
-    (run.work_dir / "status").mkdir(parents=True, exist_ok=True)
+    (Path(run.work_dir) / "status").mkdir(parents=True, exist_ok=True)
     if launcher.runner_alive():
         # A submission that died after starting its runner: that runner has every job.
         _mark_queued(run, members)
@@ -398,7 +399,7 @@ def _submit_members(run: Run, launcher, members: list[MemberRun]) -> None:
 
 def _cancel(run: Run, members: list[MemberRun]) -> None:
     if members:
-        (run.work_dir / "status").mkdir(parents=True, exist_ok=True)
+        (Path(run.work_dir) / "status").mkdir(parents=True, exist_ok=True)
         launcher_for(run).cancel([job_spec(m) for m in members], group=str(run.pk))
 
 
@@ -504,15 +505,28 @@ def member_runs_apply(statuses: dict[int, JobStatus]) -> dict[int, list[int]]:
     if not changed:
         return {}
     with transaction.atomic():
-        MemberRun.objects.bulk_update(
-            changed, ["status", "job_id", "returncode", "signal", "started", "ended", "updated", "results"], batch_size=1000
-        )
+        _update_rows(changed, ["status", "job_id", "returncode", "signal", "started", "ended", "updated", "results"])
         StatusEvent.objects.bulk_create(events, batch_size=2000)
     by_run: dict[int, list[int]] = {}
     for member in changed:
         by_run.setdefault(member.run_id, []).append(member.pk)
     runs_finish(list(by_run))
     return by_run
+
+
+def _update_rows(members: list[MemberRun], fields: list[str]) -> None:
+    """One prepared UPDATE executed for many rows: much cheaper than bulk_update's
+    CASE expressions when every row has values of its own (the monitor's hot path)."""
+    model_fields = [MemberRun._meta.get_field(name) for name in fields]
+    quote = connection.ops.quote_name
+    assignments = ", ".join(f"{quote(field.column)} = %s" for field in model_fields)
+    sql = f"UPDATE {quote(MemberRun._meta.db_table)} SET {assignments} WHERE {quote('id')} = %s"
+    rows = [
+        [field.get_db_prep_save(getattr(member, field.attname), connection) for field in model_fields] + [member.pk]
+        for member in members
+    ]
+    with connection.cursor() as cursor:
+        cursor.executemany(sql, rows)
 
 
 def runs_finish(run_ids: list[int]) -> None:

@@ -8,7 +8,7 @@ group, with stdout/stderr going to the member's ``.out``/``.err`` files.
 
 For every job it writes a status file (pid, start, end, exit code or signal)
 that is never deleted, and pushes an event to a Redis stream at once when a
-member starts or exits. A job is claimed by creating ``<status>.claim``
+member starts or exits. A job is claimed by creating its status file
 exclusively before it starts, so a job submitted twice never runs twice.
 
 Cancel writes ``<status>.cancel``: a queued job never starts; the runner sends
@@ -68,12 +68,19 @@ class EventSink:
             log.warning("could not push an event for %s: %s", key, error)
 
 
-def _claim(job: JobSpec) -> bool:
+def _claim(job: JobSpec, status: JobStatus) -> bool:
+    """Create the job's status file, exclusively: whoever creates it owns the job."""
     try:
-        os.close(os.open(job.status_file + ".claim", os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
-        return True
+        fd = os.open(job.status_file, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
     except FileExistsError:
         return False
+    with os.fdopen(fd, "w") as out:
+        json.dump(status.to_dict(), out)
+    return True
+
+
+def _cancelled(job: JobSpec) -> bool:
+    return os.path.exists(job.status_file + ".cancel")
 
 
 def _pid_alive(pid: int) -> bool:
@@ -171,7 +178,7 @@ class LocalLauncher(Launcher):
             status = read_status(job.status_file)
             if status is None:
                 status = JobStatus(JobState.QUEUED)
-            elif status.state == JobState.RUNNING and not _pid_alive(int(status.job_id)):
+            elif status.state == JobState.RUNNING and not (status.job_id and _pid_alive(int(status.job_id))):
                 if runner_alive is None:
                     runner_alive = self.runner_alive()
                 if not runner_alive:
@@ -181,7 +188,7 @@ class LocalLauncher(Launcher):
 
     def unstarted(self, jobs: list[JobSpec]) -> list[JobSpec]:
         """Jobs never claimed by any runner (to resubmit if their runner died)."""
-        return [job for job in jobs if not os.path.exists(job.status_file + ".claim")]
+        return [job for job in jobs if not os.path.exists(job.status_file)]
 
     # --- cancelling ----------------------------------------------------------------
 
@@ -190,9 +197,8 @@ class LocalLauncher(Launcher):
         running = []
         for job in jobs:
             Path(job.status_file + ".cancel").touch()
-            if _claim(job):  # never started: it never will
-                status = JobStatus(JobState.CANCELLED, ended=time.time())
-                write_json_atomic(job.status_file, status.to_dict())
+            status = JobStatus(JobState.CANCELLED, ended=time.time())
+            if _claim(job, status):  # never started: it never will
                 events.emit(job.key, group, status)
             else:
                 running.append(job)
@@ -232,10 +238,20 @@ class Runner:
         self.running: dict[str, tuple[JobSpec, subprocess.Popen]] = {}
         self.terminated: dict[str, float] = {}  # key -> when SIGTERM was sent
         self.cancel_requested = threading.Event()
+        self.cancelled: set[str] = set()  # keys with a cancel marker, refreshed on SIGUSR1
 
-    def record(self, job: JobSpec, status: JobStatus) -> None:
-        write_json_atomic(job.status_file, status.to_dict())
+    def record(self, job: JobSpec, status: JobStatus, *, final: bool = True) -> None:
+        if final:
+            write_json_atomic(job.status_file, status.to_dict())
+        else:  # the pid, right after the start: cheap, and a torn read only looks like "starting"
+            with open(job.status_file, "w") as out:
+                json.dump(status.to_dict(), out)
         self.events.emit(job.key, self.group, status)
+
+    def refresh_cancelled(self) -> None:
+        found = {job.key for job in self.jobs if _cancelled(job)}
+        with self.lock:
+            self.cancelled = found
 
     def take(self) -> JobSpec | None:
         with self.lock:
@@ -246,12 +262,12 @@ class Runner:
             return job
 
     def run_one(self, job: JobSpec) -> None:
-        if not _claim(job):
+        started = time.time()
+        if not _claim(job, JobStatus(JobState.RUNNING, started=started)):
             return  # started (or cancelled) before, by this or another runner
-        if os.path.exists(job.status_file + ".cancel"):
+        if job.key in self.cancelled:
             self.record(job, JobStatus(JobState.CANCELLED, ended=time.time()))
             return
-        started = time.time()
         try:
             with open(job.stdout, "ab") as out, open(job.stderr, "ab") as err:
                 process = subprocess.Popen(
@@ -272,8 +288,8 @@ class Runner:
             return
         with self.lock:
             self.running[job.key] = (job, process)
-        self.record(job, JobStatus(JobState.RUNNING, job_id=str(process.pid), started=started))
-        if os.path.exists(job.status_file + ".cancel"):
+        self.record(job, JobStatus(JobState.RUNNING, job_id=str(process.pid), started=started), final=False)
+        if job.key in self.cancelled:
             self.cancel_requested.set()  # cancelled while starting
         returncode = process.wait()
         ended = time.time()
@@ -306,15 +322,18 @@ class Runner:
     def canceller(self) -> None:
         """Terminate the groups of cancelled running jobs; kill them after the grace period."""
         while True:
-            self.cancel_requested.wait(timeout=1.0)
+            if self.cancel_requested.wait(timeout=1.0):
+                self.refresh_cancelled()
             self.cancel_requested.clear()
+            if not self.cancelled:
+                continue
             now = time.time()
             with self.lock:
                 running = list(self.running.values())
             for job, process in running:
                 with self.lock:
                     sent = self.terminated.get(job.key)
-                    if sent is None and os.path.exists(job.status_file + ".cancel"):
+                    if sent is None and job.key in self.cancelled:
                         self.terminated[job.key] = now
                 try:
                     if sent is None and job.key in self.terminated:
@@ -327,6 +346,7 @@ class Runner:
     def run(self) -> None:
         self.pid_file.write_text(str(os.getpid()))
         signal.signal(signal.SIGUSR1, lambda signum, frame: self.cancel_requested.set())
+        self.refresh_cancelled()
         threading.Thread(target=self.canceller, daemon=True).start()
         workers = [threading.Thread(target=self.worker) for _ in range(min(self.concurrency, len(self.jobs)))]
         for thread in workers:

@@ -6,9 +6,10 @@ from .env import BASE_DIR
 
 os.environ.setdefault("SECRET_KEY", "tests-only-not-a-secret")
 os.environ.setdefault("FLOTILLA_DATA_DIR", str(BASE_DIR / "var" / "test-data"))
-# Tests never share a task queue or an event stream with a Flotilla running on the same Redis.
-os.environ.setdefault("FLOTILLA_TASK_QUEUE", "flotilla-tests")
-os.environ.setdefault("FLOTILLA_EVENT_STREAM", "flotilla:test-events")
+# A test session never shares a task queue or an event stream with a Flotilla, or another
+# test session, on the same Redis; child processes inherit these through the environment.
+os.environ.setdefault("FLOTILLA_TASK_QUEUE", f"flotilla-tests-{os.getpid()}")
+os.environ.setdefault("FLOTILLA_EVENT_STREAM", f"flotilla:test-events:{os.getpid()}")
 
 from .settings import *  # noqa: E402,F403
 

@@ -59,7 +59,7 @@ def stack_env(django_db_setup, test_database_url):
     """The environment worker and monitor share with this test process (same DB, queue, stream)."""
     client = redis.Redis.from_url(settings.REDIS_URL)
     client.delete(settings.EVENT_STREAM, settings.CELERY_TASK_DEFAULT_QUEUE)
-    return {
+    yield {
         **os.environ,
         "DJANGO_SETTINGS_MODULE": "webapp.settings_test",
         "DATABASE_URL": test_database_url,
@@ -68,6 +68,7 @@ def stack_env(django_db_setup, test_database_url):
         "FLOTILLA_EVENT_STREAM": settings.EVENT_STREAM,
         "FLOTILLA_CANCEL_GRACE_SECONDS": "2",
     }
+    client.delete(settings.EVENT_STREAM, settings.CELERY_TASK_DEFAULT_QUEUE)
 
 
 def worker_process(env):

@@ -75,7 +75,7 @@ class Command(BaseCommand):
                     self.claim_abandoned()
                     self.changed(services.runs_reconcile())
                     last_reconcile = time.monotonic()
-                self.consume(block_ms=100)
+                self.consume(block_ms=self.block_ms())
                 self.push_due()
             except (redis.RedisError, OSError) as error:
                 log.warning("monitor: %s; retrying", error)
@@ -116,6 +116,14 @@ class Command(BaseCommand):
     def changed(self, by_run: dict[int, list[int]]):
         for run_id, member_ids in by_run.items():
             self.pending_pushes.setdefault(run_id, set()).update(member_ids)
+
+    def block_ms(self) -> int:
+        """Wait for events at most until the next coalesced push is due."""
+        if not self.pending_pushes:
+            return 100
+        now = time.monotonic()
+        due = min(self.last_push.get(run_id, 0.0) + PUSH_INTERVAL for run_id in self.pending_pushes)
+        return max(1, min(100, int((due - now) * 1000)))
 
     def push_due(self, force: bool = False):
         now = time.monotonic()
