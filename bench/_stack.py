@@ -120,7 +120,8 @@ class Stack:
         )
 
     def start_monitor(self) -> subprocess.Popen:
-        return self.start("monitor", [sys.executable, str(BASE_DIR / "manage.py"), "monitor"])
+        profile = ["-m", "cProfile", "-o", os.environ["BENCH_PROFILE_MONITOR"]] if os.environ.get("BENCH_PROFILE_MONITOR") else []
+        return self.start("monitor", [sys.executable, *profile, str(BASE_DIR / "manage.py"), "monitor"])
 
     def start_daphne(self, port: int) -> subprocess.Popen:
         return self.start("daphne", [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "webapp.asgi:application"])

@@ -78,7 +78,7 @@ def time_launch(stack: Stack, user, name: str, run_settings: dict) -> dict:
     run = Run.objects.get(pk=run.pk)
     queued = StatusEvent.objects.filter(run_id=run.pk, status=MemberStatus.QUEUED).order_by("at").values_list("at", flat=True)
     started, ended = [], []
-    for path in (run.work_dir / "status").glob("*.json"):
+    for path in (Path(run.work_dir) / "status").glob("*.json"):
         data = json.loads(path.read_text())
         started.append(data.get("started") or 0)
         ended.append(data.get("ended") or 0)

@@ -176,7 +176,12 @@ class LocalLauncher(Launcher):
         result = {}
         for job in jobs:
             status = read_status(job.status_file)
-            if status is None:
+            if status is None and os.path.exists(job.status_file):
+                # Claimed, but unreadable: being rewritten, or its runner died mid-write.
+                if runner_alive is None:
+                    runner_alive = self.runner_alive()
+                status = JobStatus(JobState.QUEUED if runner_alive else JobState.LOST, ended=time.time())
+            elif status is None:
                 status = JobStatus(JobState.QUEUED)
             elif status.state == JobState.RUNNING and not (status.job_id and _pid_alive(int(status.job_id))):
                 if runner_alive is None:
@@ -240,12 +245,11 @@ class Runner:
         self.cancel_requested = threading.Event()
         self.cancelled: set[str] = set()  # keys with a cancel marker, refreshed on SIGUSR1
 
-    def record(self, job: JobSpec, status: JobStatus, *, final: bool = True) -> None:
-        if final:
-            write_json_atomic(job.status_file, status.to_dict())
-        else:  # the pid, right after the start: cheap, and a torn read only looks like "starting"
-            with open(job.status_file, "w") as out:
-                json.dump(status.to_dict(), out)
+    def record(self, job: JobSpec, status: JobStatus) -> None:
+        # Rewritten in place (a new file costs ~10x more on some disks); a reader that
+        # catches it half-written sees no status, as if the job were still starting.
+        with open(job.status_file, "w") as out:
+            json.dump(status.to_dict(), out)
         self.events.emit(job.key, self.group, status)
 
     def refresh_cancelled(self) -> None:
@@ -288,7 +292,7 @@ class Runner:
             return
         with self.lock:
             self.running[job.key] = (job, process)
-        self.record(job, JobStatus(JobState.RUNNING, job_id=str(process.pid), started=started), final=False)
+        self.record(job, JobStatus(JobState.RUNNING, job_id=str(process.pid), started=started))
         if job.key in self.cancelled:
             self.cancel_requested.set()  # cancelled while starting
         returncode = process.wait()

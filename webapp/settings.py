@@ -41,7 +41,13 @@ if _database["ENGINE"] == "django.db.backends.sqlite3":
     _database["CONN_MAX_AGE"] = 0
     # A file, not memory, so that a test ASGI server in another process sees the test data.
     _database["TEST"] = {"NAME": str(DATA_DIR / "test.sqlite3")}
-    _database.setdefault("OPTIONS", {})["timeout"] = 20
+    # Several processes write (web, worker, monitor): WAL lets readers and a writer overlap,
+    # and IMMEDIATE transactions take the write lock up front instead of failing to upgrade.
+    _database.setdefault("OPTIONS", {}).update(
+        timeout=20,
+        transaction_mode="IMMEDIATE",
+        init_command="PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+    )
 DATABASES = {"default": _database}
 
 INSTALLED_APPS = [

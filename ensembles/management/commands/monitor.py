@@ -26,6 +26,7 @@ from launchers.base import JobState, JobStatus
 log = logging.getLogger("flotilla.monitor")
 GROUP = "monitor"
 PUSH_INTERVAL = 0.1
+BATCH_LINGER_MS = 10
 RECONCILE_INTERVAL = 5.0
 
 
@@ -107,6 +108,9 @@ class Command(BaseCommand):
     def consume(self, block_ms: int):
         entries = self.read(">", block_ms)
         if entries:
+            # Events come in bursts (members start and end together): a few ms more
+            # make one database write out of many.
+            entries += self.read(">", BATCH_LINGER_MS)
             self.apply(entries)
 
     def apply(self, entries):
