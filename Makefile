@@ -18,7 +18,7 @@ test: $(VENV)/.installed
 	$(PY) -m webapp.supervisor test $(ARGS)
 
 bench: $(VENV)/.installed
-	$(PY) bench/preview.py
+	for script in preview generate launch latency dashboard; do $(PY) bench/$$script.py || exit 1; done
 
 clean:
 	rm -rf $(VENV) var

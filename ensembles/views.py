@@ -487,7 +487,7 @@ def _flat(row: dict, column: str):
 @require_POST
 def demo_create(request):
     experiment = services.demo_create(user=request.user)
-    messages.success(request, f"Created '{experiment.name}': 12 runs of a heat simulation. Press Launch to run them.")
+    messages.success(request, f"Created '{experiment.name}': 12 members of a heat simulation. Press Launch to run them.")
     return redirect("ensembles:experiment_detail", pk=experiment.pk)
 
 
@@ -496,15 +496,15 @@ def run_plots(request, pk):
     """The run's plots (fetched after the page loads, and again as members change)."""
     run = selectors.run_get(request.user, pk)
     data = selectors.run_plot_data(run)
-    fields = data["params"] + data["results"]
+    fields = data["params"] + [f for f in data["results"] if f not in data["params"]]
     x = request.GET.get("x") if request.GET.get("x") in fields else (data["params"] or fields or [""])[0]
-    y = request.GET.get("y") if request.GET.get("y") in fields else (data["results"] or fields[1:] or fields or [""])[0]
+    y = request.GET.get("y") if request.GET.get("y") in fields else next((f for f in data["results"] + fields if f != x), "")
     figures = {
         "status": plots.status_over_time(data["events"], data["start"]),
         "runtime": plots.runtime_histogram(data["members"]),
         "timeline": plots.timeline(data["members"], data["start"]),
     }
-    if x and y:
+    if x and y and len(fields) >= 2:
         figures["scatter"] = plots.parameter_vs_result(data["members"], x, y)
     if len(fields) >= 2:
         figures["parallel"] = plots.parallel_coordinates(data["members"], fields)
