@@ -328,6 +328,12 @@ class Run(models.Model):
 
 
 
+def params_in_order(params: dict, names: list) -> dict:
+    ordered = {name: params[name] for name in names if name in params}
+    ordered.update((name, value) for name, value in params.items() if name not in ordered)
+    return ordered
+
+
 class MemberKind(models.TextChoices):
     GENERATED = "generated", "Expanded from the parameters"
     ADDED = "added", "Added to the ensemble by hand"
@@ -344,6 +350,7 @@ class MemberRun(models.Model):
     name = models.CharField(max_length=200)
     position = models.PositiveIntegerField()  # order within the run
     params = models.JSONField(default=dict)
+    param_names = models.JSONField(default=list)  # the parameters' order (PostgreSQL's jsonb sorts object keys)
     argv = models.JSONField(default=list)
     env = models.JSONField(default=dict)
     cwd = models.CharField(max_length=4096)
@@ -369,6 +376,10 @@ class MemberRun(models.Model):
 
     def __str__(self):
         return self.name
+
+    @property
+    def ordered_params(self) -> dict:
+        return params_in_order(self.params, self.param_names)
 
     @property
     def files_key(self) -> str:

@@ -28,6 +28,7 @@ from .models import (
     MemberStatus,
     Run,
     StatusEvent,
+    params_in_order,
 )
 from .specs import member_argv
 from .values import infer_type
@@ -313,8 +314,8 @@ def member_file_path(member: MemberRun, name: str) -> Path | None:
 
 def run_param_names(run: Run) -> list[str]:
     """Parameter names of the run's members, from one member (one query)."""
-    first = MemberRun.objects.filter(run=run).order_by("position").values_list("params", flat=True).first()
-    return list(first or {})
+    first = MemberRun.objects.filter(run=run).order_by("position").values("params", "param_names").first()
+    return list(params_in_order(first["params"], first["param_names"])) if first else []
 
 
 def member_attempts(member: MemberRun) -> list[MemberRun]:
@@ -341,7 +342,7 @@ def run_export_rows(run: Run) -> list[dict]:
                 "ended": member.ended.isoformat() if member.ended else None,
                 "runtime": member.runtime,
                 "cwd": member.cwd,
-                "params": member.params,
+                "params": member.ordered_params,
                 "results": member.results,
             }
         )
@@ -366,7 +367,7 @@ def run_plot_data(run: Run) -> dict:
     rows = list(
         MemberRun.objects.filter(run=run, latest=True)
         .order_by("position")
-        .values("pk", "name", "status", "started", "ended", "params", "results")[:MAX_PLOTTED_MEMBERS]
+        .values("pk", "name", "status", "started", "ended", "params", "param_names", "results")[:MAX_PLOTTED_MEMBERS]
     )
     now = timezone.now().timestamp()
     for row in rows:
@@ -380,7 +381,7 @@ def run_plot_data(run: Run) -> dict:
                 "started": started,
                 "ended": ended,
                 "url": reverse("ensembles:member_run_detail", args=[row["pk"]]),
-                "values": {**(row["params"] or {}), **(row["results"] or {})},
+                "values": {**params_in_order(row["params"], row["param_names"]), **(row["results"] or {})},
             }
         )
     events = [
@@ -389,7 +390,7 @@ def run_plot_data(run: Run) -> dict:
     ]
     params, results = {}, {}
     for row in rows:
-        params.update({k: None for k, v in (row["params"] or {}).items() if _is_number(v)})
+        params.update({k: None for k, v in params_in_order(row["params"], row["param_names"]).items() if _is_number(v)})
         results.update({k: None for k, v in (row["results"] or {}).items() if _is_number(v)})
     return {"start": start, "members": members, "events": events, "params": list(params), "results": list(results)}
 

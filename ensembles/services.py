@@ -284,6 +284,7 @@ def _member_rows(run, root, ensembles, spaces, models):
             name=name,
             position=position,
             params=params,
+            param_names=list(params),
             argv=specs.member_argv(settings_, params, params_as_args),
             env=specs.member_env(settings_, name, key_prefixing=key_prefixing),
             cwd=str(cwd),
@@ -385,7 +386,7 @@ def _submit_members(run: Run, launcher, members: list[MemberRun]) -> None:
             if str(member.pk) not in unstarted:
                 continue  # a runner has it already
             try:
-                generator.generate(Path(member.cwd), member.name, member.params, trash=trash)
+                generator.generate(Path(member.cwd), member.name, member.ordered_params, trash=trash)
                 ready.append(member)
             except (OSError, FileRefused) as error:
                 failures[member.pk] = f"Cannot create the member directory: {error}"
@@ -430,14 +431,16 @@ def run_rerun_failed(*, run_id: int) -> int:
             return 0
         fresh = []
         for member in old:
-            archive = Path(member.cwd).parent / ".attempts" / f"{member.name}.{member.attempt}"
+            # Unique even across runs of the experiment (and data dirs outliving a database).
+            archive = Path(member.cwd).parent / ".attempts" / f"{member.name}.run{run.number}.{member.attempt}-{uuid.uuid4().hex[:6]}"
             if Path(member.cwd).exists():
                 archive.parent.mkdir(parents=True, exist_ok=True)
                 os.rename(member.cwd, archive)
             fresh.append(
                 MemberRun(
                     run=run, ensemble_id=member.ensemble_id, kind=member.kind, entity=member.entity, name=member.name,
-                    position=member.position, params=member.params, argv=member.argv, env=member.env,
+                    position=member.position, params=member.params, param_names=member.param_names,
+                    argv=member.argv, env=member.env,
                     cwd=member.cwd, attempt=member.attempt + 1, previous=member,
                 )
             )

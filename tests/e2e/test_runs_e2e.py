@@ -124,7 +124,7 @@ def test_after_a_daphne_restart_the_page_reconnects_and_shows_the_truth(logged_i
         page.goto(f"http://127.0.0.1:{port}/runs/{run.pk}/")
         ws_open(page)
         expect(page.locator("#run-counts [data-status=Running]")).to_have_attribute("data-count", "1", timeout=20_000)
-        daphne.terminate()
+        daphne.kill()  # as abrupt as a crash; a graceful stop waits for open sockets
         daphne.wait(10)
         expect(page.locator("#live-state")).to_have_text("reconnecting…")
         wait_for(lambda: MemberRun.objects.get(run=run).status == "Completed", timeout=30, message="finished while down")
@@ -133,5 +133,5 @@ def test_after_a_daphne_restart_the_page_reconnects_and_shows_the_truth(logged_i
         expect(page.locator("#run-counts [data-status=Completed]")).to_have_attribute("data-count", "1", timeout=20_000)
         expect(page.locator("tr[id^=member-] [data-status]")).to_have_text("Completed")
     finally:
-        daphne.terminate()
+        daphne.kill()
         daphne.wait(10)

@@ -3,7 +3,8 @@
 It consumes launcher events from a Redis stream through a consumer group (events
 sent while it is down wait in the stream; unacknowledged ones are read again on
 restart), writes status changes in bulk, and pushes coalesced updates to the
-browsers (at most one per run every 100 ms). Every few seconds, and at start, it
+browsers: an event after a quiet spell is written and pushed at once; in a
+burst, everything read is written and pushed together every 80 ms. Every few seconds, and at start, it
 reconciles unfinished members from the status files, which are the source of
 truth, and resumes submissions whose worker died.
 """
@@ -25,8 +26,7 @@ from launchers.base import JobState, JobStatus
 
 log = logging.getLogger("flotilla.monitor")
 GROUP = "monitor"
-PUSH_INTERVAL = 0.1
-BATCH_LINGER_MS = 10
+FLUSH_INTERVAL = 0.08  # in a burst, write and push at most this often (coalescing)
 RECONCILE_INTERVAL = 5.0
 
 
@@ -64,8 +64,9 @@ class Command(BaseCommand):
         self.client = redis.Redis.from_url(settings.REDIS_URL, decode_responses=True, socket_timeout=10)
         self.stream = settings.EVENT_STREAM
         self.consumer = consumer
+        self.unapplied: list = []  # stream entries read but not yet written (and so not acknowledged)
         self.pending_pushes: dict[int, set[int]] = {}
-        self.last_push: dict[int, float] = {}
+        self.last_flush = 0.0
         self.stdout.write(f"monitor: reading {self.stream} as {consumer}")
         last_reconcile = 0.0
         while not self.stopping:
@@ -76,8 +77,9 @@ class Command(BaseCommand):
                     self.claim_abandoned()
                     self.changed(services.runs_reconcile())
                     last_reconcile = time.monotonic()
-                self.consume(block_ms=self.block_ms())
-                self.push_due()
+                self.unapplied += self.read(">", self.block_ms())
+                if time.monotonic() - self.last_flush >= FLUSH_INTERVAL:
+                    self.flush()
             except (redis.RedisError, OSError) as error:
                 log.warning("monitor: %s; retrying", error)
                 time.sleep(1)
@@ -86,7 +88,7 @@ class Command(BaseCommand):
                 log.exception("monitor: unexpected error; retrying")
                 close_old_connections()
                 time.sleep(1)
-        self.push_due(force=True)
+        self.flush()
 
     def ensure_group(self):
         try:
@@ -105,13 +107,23 @@ class Command(BaseCommand):
         response = self.client.xreadgroup(GROUP, self.consumer, {self.stream: last_id}, count=2000, block=block_ms)
         return response[0][1] if response else []
 
-    def consume(self, block_ms: int):
-        entries = self.read(">", block_ms)
-        if entries:
-            # Events come in bursts (members start and end together): a few ms more
-            # make one database write out of many.
-            entries += self.read(">", BATCH_LINGER_MS)
-            self.apply(entries)
+    def block_ms(self) -> int:
+        """Idle: wait up to 100 ms for events. Busy: only until the next flush is due."""
+        if not self.unapplied and not self.pending_pushes:
+            return 100
+        return max(1, int((self.last_flush + FLUSH_INTERVAL - time.monotonic()) * 1000))
+
+    def flush(self):
+        """Write what was read in one go, then push it: at most once per FLUSH_INTERVAL
+        in a burst, at once after a quiet spell."""
+        if not self.unapplied and not self.pending_pushes:
+            return
+        if self.unapplied:
+            self.apply(self.unapplied)
+            self.unapplied = []
+        for run_id in list(self.pending_pushes):
+            realtime.run_changed(run_id, sorted(self.pending_pushes.pop(run_id)))
+        self.last_flush = time.monotonic()
 
     def apply(self, entries):
         self.changed(services.member_runs_apply(latest_per_member(entries)))
@@ -120,18 +132,3 @@ class Command(BaseCommand):
     def changed(self, by_run: dict[int, list[int]]):
         for run_id, member_ids in by_run.items():
             self.pending_pushes.setdefault(run_id, set()).update(member_ids)
-
-    def block_ms(self) -> int:
-        """Wait for events at most until the next coalesced push is due."""
-        if not self.pending_pushes:
-            return 100
-        now = time.monotonic()
-        due = min(self.last_push.get(run_id, 0.0) + PUSH_INTERVAL for run_id in self.pending_pushes)
-        return max(1, min(100, int((due - now) * 1000)))
-
-    def push_due(self, force: bool = False):
-        now = time.monotonic()
-        for run_id in list(self.pending_pushes):
-            if force or now - self.last_push.get(run_id, 0.0) >= PUSH_INTERVAL:
-                realtime.run_changed(run_id, sorted(self.pending_pushes.pop(run_id)))
-                self.last_push[run_id] = now
