@@ -32,7 +32,9 @@ def run_update_html(run_id: int, member_ids: list[int], *, reload: bool = False)
         context["reload_url"] = reverse("ensembles:run_members", args=[run_id])
     messages = [render_to_string("ensembles/partials/run_update.html", context)]
     if rows:
-        messages.append(render_to_string("ensembles/partials/member_rows.html", {"rows": rows, "oob": True}))
+        messages.append(
+            render_to_string("ensembles/partials/member_rows.html", {"rows": rows, "run": context["run"], "oob": True})
+        )
     return messages
 
 

@@ -323,7 +323,10 @@ def member_attempts(member: MemberRun) -> list[MemberRun]:
     return list(MemberRun.objects.filter(run_id=member.run_id, position=member.position).order_by("attempt"))
 
 
-EXPORT_FIELDS = ["name", "entity", "attempt", "status", "job_id", "returncode", "signal", "started", "ended", "runtime", "cwd"]
+EXPORT_FIELDS = [
+    "name", "entity_type", "job_id", "run_id", "time", "status", "returncode",  # SmartSim's summary columns
+    "entity", "attempt", "signal", "started", "ended", "cwd",
+]
 
 
 def run_export_rows(run: Run) -> list[dict]:
@@ -332,15 +335,17 @@ def run_export_rows(run: Run) -> list[dict]:
         rows.append(
             {
                 "name": member.name,
+                "entity_type": "Model",
+                "job_id": member.job_id,
+                "run_id": run.number,
+                "time": member.runtime,
+                "status": member.status,
+                "returncode": member.returncode,
                 "entity": member.entity,
                 "attempt": member.attempt,
-                "status": member.status,
-                "job_id": member.job_id,
-                "returncode": member.returncode,
                 "signal": member.signal,
                 "started": member.started.isoformat() if member.started else None,
                 "ended": member.ended.isoformat() if member.ended else None,
-                "runtime": member.runtime,
                 "cwd": member.cwd,
                 "params": member.ordered_params,
                 "results": member.results,

@@ -195,9 +195,9 @@ def test_export_has_smartsim_columns_params_and_results(alice_client, run):
     MemberRun.objects.filter(pk=run.members.get(name="sweep_0").pk).update(results={"energy": 2.0}, status="Completed")
     csv_text = alice_client.get(reverse("ensembles:run_export", args=[run.pk, "csv"])).content.decode()
     header, first = csv_text.splitlines()[:2]
-    assert header.startswith("name,entity,attempt,status,job_id,returncode")
+    assert header.startswith("name,entity_type,job_id,run_id,time,status,returncode,entity,attempt")
     assert header.endswith("params.alpha,params.beta,results.energy")
-    assert first.startswith("sweep_0,sweep,1,Completed") and first.endswith(",1,x,2.0")
+    assert first.startswith("sweep_0,Model,,1,,Completed,,sweep,1") and first.endswith(",1,x,2.0")
     rows = alice_client.get(reverse("ensembles:run_export", args=[run.pk, "json"])).json()
     assert rows[0]["params"] == {"alpha": 1, "beta": "x"}
     assert alice_client.get(f"/runs/{run.pk}/export.xml").status_code == 404
