@@ -74,16 +74,14 @@ class RunConsumer(AsyncWebsocketConsumer):
         await self.accept()
         # After a reconnect (a server restart, a network blip) the page may be stale:
         # send the truth now, and have the table reload itself.
-        for message in await database_sync_to_async(realtime.run_update_html)(run.pk, [], reload=True):
-            await self.send(text_data=message)
+        await self.send(text_data=await database_sync_to_async(realtime.run_update_html)(run.pk, [], reload=True))
 
     async def disconnect(self, code):
         if hasattr(self, "group"):
             await self.channel_layer.group_discard(self.group, self.channel_name)
 
     async def run_update(self, event):
-        for message in event["messages"]:
-            await self.send(text_data=message)
+        await self.send(text_data=event["html"])
 
 
 class LogTailConsumer(AsyncWebsocketConsumer):

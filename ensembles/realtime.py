@@ -20,29 +20,23 @@ def run_group(run_id: int) -> str:
     return f"run.{run_id}"
 
 
-def run_update_html(run_id: int, member_ids: list[int], *, reload: bool = False) -> list[str]:
-    """The websocket messages of one update: counts and progress, then the changed
-    rows (or an order to reload the table). Rows travel in a message of their own:
-    an HTML parser drops <tr> elements that follow other elements."""
+def run_update_html(run_id: int, member_ids: list[int], *, reload: bool = False) -> str:
+    """One websocket message: counts and progress, plus the changed rows (or an order
+    to reload the table). Rows travel inside a <template>, where an HTML parser keeps
+    <tr> elements; static/js/app.js hands such messages to htmx's own swap."""
     context = {"oob": True, **selectors.run_summary(run_id)}
-    rows = []
     if not reload and len(member_ids) <= MAX_ROWS_PER_PUSH:
-        rows = selectors.member_rows(run_id, member_ids)
+        context["rows"] = selectors.member_rows(run_id, member_ids)
     else:
         context["reload_url"] = reverse("ensembles:run_members", args=[run_id])
-    messages = [render_to_string("ensembles/partials/run_update.html", context)]
-    if rows:
-        messages.append(
-            render_to_string("ensembles/partials/member_rows.html", {"rows": rows, "run": context["run"], "oob": True})
-        )
-    return messages
+    return render_to_string("ensembles/partials/run_update.html", context)
 
 
 def run_changed(run_id: int, member_ids: list[int]) -> None:
     """Push one update to every browser watching the run (best effort: the page
     shows the truth again on reconnect)."""
     try:
-        messages = run_update_html(run_id, member_ids)
-        async_to_sync(get_channel_layer().group_send)(run_group(run_id), {"type": "run.update", "messages": messages})
+        html = run_update_html(run_id, member_ids)
+        async_to_sync(get_channel_layer().group_send)(run_group(run_id), {"type": "run.update", "html": html})
     except Exception as error:  # Redis down, a page closing: never fail the caller for a push
         log.warning("could not push run %s: %s", run_id, error)

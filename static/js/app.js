@@ -53,6 +53,17 @@
   }
   document.addEventListener("htmx:wsOpen", function () { setLiveState("live"); });
   document.addEventListener("htmx:wsClose", function () { setLiveState("reconnecting…"); });
+  // A run update carries its table rows inside <template> (an HTML parser drops a bare
+  // <tr> that follows other elements). The ws extension swaps only top-level elements,
+  // so these messages go through htmx's own swap, which handles out-of-band elements
+  // in templates too.
+  document.addEventListener("htmx:wsBeforeMessage", function (event) {
+    var message = event.detail.message;
+    if (typeof message !== "string" || message.indexOf("<template>") === -1) return;
+    event.preventDefault();
+    htmx.swap(document.body, message, { swapStyle: "none" });
+    document.body.dispatchEvent(new CustomEvent("run-changed"));
+  });
   // Plots listen for this (throttled) instead of being pushed on every change.
   document.addEventListener("htmx:wsAfterMessage", function () {
     document.body.dispatchEvent(new CustomEvent("run-changed"));

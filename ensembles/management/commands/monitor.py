@@ -4,7 +4,8 @@ It consumes launcher events from a Redis stream through a consumer group (events
 sent while it is down wait in the stream; unacknowledged ones are read again on
 restart), writes status changes in bulk, and pushes coalesced updates to the
 browsers: an event after a quiet spell is written and pushed at once; in a
-burst, everything read is written and pushed together every 80 ms. Every few seconds, and at start, it
+burst, everything read is written and pushed together every 80 ms (one
+websocket message per run each time). Every few seconds, and at start, it
 reconciles unfinished members from the status files, which are the source of
 truth, and resumes submissions whose worker died.
 """
@@ -26,7 +27,7 @@ from launchers.base import JobState, JobStatus
 
 log = logging.getLogger("flotilla.monitor")
 GROUP = "monitor"
-FLUSH_INTERVAL = 0.08  # in a burst, write and push at most this often (coalescing)
+FLUSH_INTERVAL = 0.08  # in a burst, write and push at most this often: ~12 messages/s per browser
 RECONCILE_INTERVAL = 5.0
 
 
