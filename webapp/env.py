@@ -64,7 +64,7 @@ def env_url(name: str, default: str, *, schemes: tuple[str, ...]) -> str:
     if parts.scheme not in schemes:
         raise ImproperlyConfigured(f"{name} must start with one of {', '.join(s + '://' for s in schemes)}; got {value!r}")
     try:
-        parts.port
+        parts.port  # noqa: B018  (parsing the port is the check)
     except ValueError:
         raise ImproperlyConfigured(f"{name} has an invalid port: {value!r}") from None
     return value

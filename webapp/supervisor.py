@@ -20,8 +20,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from pathlib import Path
-from urllib.parse import urlsplit
 
 from .env import BASE_DIR, data_dir, env_bool
 
@@ -102,7 +100,7 @@ def ensure_redis(env: dict) -> PrivateRedis | None:
         env["REDIS_URL"] = url
         return None
     if env.get("REDIS_URL"):
-        log(f"WARNING: REDIS_URL is set but nothing answers there; this instance uses a private Redis, "
+        log("WARNING: REDIS_URL is set but nothing answers there; this instance uses a private Redis, "
             "so it shares no tasks or live updates with other instances.")
     private = PrivateRedis()
     env["REDIS_URL"] = private.url

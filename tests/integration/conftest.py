@@ -5,7 +5,6 @@ tests/conftest.py, shared with the browser tests."""
 import pytest
 from django.conf import settings
 
-from tests.conftest import monitor_process, wait_for, worker_process  # noqa: F401  (re-exported for tests)
 from webapp.supervisor import redis_answers
 
 

@@ -10,7 +10,7 @@ import pytest
 
 from ensembles import services
 from ensembles.models import MemberRun, MemberStatus, Run, TERMINAL_STATUSES
-from tests.conftest import monitor_process, wait_for, worker_process
+from tests.conftest import wait_for, worker_process
 
 pytestmark = pytest.mark.integration
 PY = sys.executable
