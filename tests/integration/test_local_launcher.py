@@ -13,19 +13,10 @@ from django.conf import settings
 
 from launchers.base import JobSpec, JobState
 from launchers.local import LocalLauncher
+from tests.conftest import wait_for
 
 pytestmark = pytest.mark.integration
 PY = sys.executable
-
-
-def wait_for(condition, timeout=20.0, interval=0.02):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"condition not met within {timeout}s")
 
 
 @pytest.fixture
