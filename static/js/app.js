@@ -46,6 +46,15 @@
     if (remove) removeParamRow(remove);
   });
 
+  // Reconnect quickly after a server restart: backoff from 0.5 s, capped at 5 s, with jitter
+  // (the ws extension's default grows to a minute).
+  if (window.htmx) {
+    htmx.config.wsReconnectDelay = function (retryCount) {
+      var delay = Math.min(500 * Math.pow(2, retryCount), 5000);
+      return delay / 2 + Math.random() * delay / 2;
+    };
+  }
+
   // Live pages: say whether the websocket is connected; keep log tails scrolled to the end.
   function setLiveState(text) {
     var state = document.getElementById("live-state");
