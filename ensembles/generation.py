@@ -33,6 +33,7 @@ __all__ = [
     "Rendered",
     "check_configurable",
     "discard_later",
+    "prepare_member",
     "render_tags",
     "resolve_source",
 ]
@@ -248,3 +249,22 @@ class Generator:
         with open(directory / RECORD_FILE_NAME, "w", encoding="utf-8") as out:
             json.dump(record, out, indent=1, default=str)
         return record
+
+
+_generators: dict[str, Generator] = {}
+_generators_lock = threading.Lock()
+
+
+def prepare_member(*, directory: str, name: str, params: dict, files: dict, roots: list[str]) -> None:
+    """A launcher's ``prepare`` hook: generate one member's directory just before it starts.
+
+    Generators are cached per file set, so the sources are checked and configured
+    files read once per runner, not once per member."""
+    key = json.dumps([files, roots], sort_keys=True)
+    with _generators_lock:
+        generator = _generators.get(key)
+        if generator is None:
+            generator = _generators[key] = Generator(roots=[Path(r) for r in roots], **files)
+    trash: list[Path] = []
+    generator.generate(Path(directory), name, params, trash=trash)
+    discard_later(trash)

@@ -27,7 +27,21 @@ def launcher_for(run: Run) -> Launcher:
     raise LauncherError(f"The {run.launcher} launcher is not available yet; use the local launcher.")
 
 
-def job_spec(member: MemberRun) -> JobSpec:
+def job_spec(member: MemberRun, *, files: dict | None = None, roots: list[str] = ()) -> JobSpec:
+    """The member as a launcher job; with ``files``, the job generates its directory
+    (ensembles.generation.prepare_member) just before it starts."""
+    prepare = None
+    if files is not None:
+        prepare = {
+            "hook": "ensembles.generation:prepare_member",
+            "kwargs": {
+                "directory": member.cwd,
+                "name": member.name,
+                "params": member.ordered_params,
+                "files": files,
+                "roots": list(roots),
+            },
+        }
     return JobSpec(
         key=str(member.pk),
         name=member.name,
@@ -37,4 +51,5 @@ def job_spec(member: MemberRun) -> JobSpec:
         stdout=member.stdout,
         stderr=member.stderr,
         status_file=member.status_file,
+        prepare=prepare,
     )

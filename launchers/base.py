@@ -8,6 +8,7 @@ are the source of truth, and the database is rebuilt from them after a crash.
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import tempfile
@@ -51,6 +52,9 @@ class JobSpec:
     stderr: str = ""
     status_file: str = ""
     resources: dict[str, Any] = field(default_factory=dict)  # nodes, time, account, queue... for schedulers
+    # Work to do just before the job starts, by whoever starts it (once, after claiming it):
+    # {"hook": "package.module:function", "kwargs": {...}}; the hook is plain Python.
+    prepare: dict[str, Any] | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -64,6 +68,7 @@ class JobStatus:
     signal: int | None = None
     started: float | None = None  # epoch seconds
     ended: float | None = None
+    error: str | None = None  # why the job could not start, for the user
 
     def to_dict(self) -> dict:
         data = asdict(self)
@@ -79,7 +84,14 @@ class JobStatus:
             signal=data.get("signal"),
             started=data.get("started"),
             ended=data.get("ended"),
+            error=data.get("error"),
         )
+
+
+def run_hook(spec: dict[str, Any]) -> Any:
+    """Call ``{"hook": "module:function", "kwargs": {...}}``."""
+    module_name, _, function_name = spec["hook"].partition(":")
+    return getattr(importlib.import_module(module_name), function_name)(**spec.get("kwargs", {}))
 
 
 def write_json_atomic(path: str | os.PathLike, data: dict) -> None:

@@ -3,7 +3,8 @@
 ``submit`` writes a runner spec and starts a detached runner process
 (``python -m launchers.local <spec>``) in its own session, so restarting the
 web server or the Celery worker does not touch running members. The runner
-starts at most ``concurrency`` members at a time, each in its own process
+starts at most ``concurrency`` members at a time (running each job's
+``prepare`` hook first, e.g. generating its directory), each in its own process
 group, with stdout/stderr going to the member's ``.out``/``.err`` files.
 
 For every job it writes a status file (pid, start, end, exit code or signal)
@@ -28,7 +29,7 @@ import time
 import uuid
 from pathlib import Path
 
-from .base import JobSpec, JobState, JobStatus, Launcher, LauncherError, read_status, write_json_atomic
+from .base import JobSpec, JobState, JobStatus, Launcher, LauncherError, read_status, run_hook, write_json_atomic
 
 log = logging.getLogger("flotilla.launcher.local")
 
@@ -272,6 +273,13 @@ class Runner:
         if job.key in self.cancelled:
             self.record(job, JobStatus(JobState.CANCELLED, ended=time.time()))
             return
+        if job.prepare:
+            try:
+                run_hook(job.prepare)
+            except Exception as error:  # any failure to prepare is the job's failure, told to the user
+                message = f"could not prepare the job: {error}"
+                self.record(job, JobStatus(JobState.FAILED, started=started, ended=time.time(), error=message))
+                return
         try:
             with open(job.stdout, "ab") as out, open(job.stderr, "ab") as err:
                 process = subprocess.Popen(

@@ -253,3 +253,22 @@ def test_demo_experiment_is_ready_to_launch(alice_client, alice):
     assert sorted(ensemble.files.values_list("action", flat=True)) == ["configure", "copy"]
     alice_client.post(reverse("ensembles:demo_create"))
     assert alice.experiments.filter(name="heat-demo-2").exists()
+
+
+def test_members_whose_files_are_gone_fail_with_a_clear_message(alice, experiment, ensemble, settings, tmp_path):
+    from unittest import mock
+
+    from launchers.local import LocalLauncher
+
+    settings.FILE_ROOTS = [tmp_path]
+    source = tmp_path / "input.cfg"
+    source.write_text("a = ;alpha;")
+    services.file_attach_path(owner=ensemble, path=str(source), action="configure")
+    run = services.run_launch(user=alice, experiment=experiment)
+    source.unlink()
+    with mock.patch.object(LocalLauncher, "submit") as submit:
+        services.run_submit(run_id=run.pk)
+    submit.assert_not_called()
+    member = run.members.first()
+    assert member.status == MemberStatus.FAILED
+    assert "Cannot prepare the files of sweep" in member.error and "does not exist" in member.error

@@ -137,3 +137,14 @@ def test_members_survive_their_runner_and_end_as_lost(launcher, tmp_path):
         os.kill(int(pid_file.read_text()), signal.SIGKILL)
     result = settle(launcher, jobs, timeout=10)
     assert result["orphan"].state == JobState.LOST
+
+
+def test_a_job_is_prepared_just_before_it_starts_and_a_failed_preparation_fails_it(launcher, tmp_path):
+    folder = tmp_path / "made-by-prepare"
+    prepared = job(tmp_path, "prepared", ["/bin/true"], prepare={"hook": "os:mkdir", "kwargs": {"path": str(folder)}})
+    broken = job(tmp_path, "broken", ["/bin/true"], prepare={"hook": "os:mkdir", "kwargs": {"path": "/proc/no/such/dir"}})
+    launcher.submit([prepared, broken], group="g9")
+    result = settle(launcher, [prepared, broken])
+    assert result["prepared"].state == JobState.COMPLETED and folder.is_dir()
+    assert result["broken"].state == JobState.FAILED
+    assert "could not prepare the job" in result["broken"].error
