@@ -3,6 +3,7 @@ socket sends the true state on connect; the log tail follows a file by offset.""
 
 import asyncio
 from pathlib import Path
+from unittest import mock
 
 import pytest
 from asgiref.sync import async_to_sync
@@ -21,7 +22,9 @@ def in_memory_layer(settings):
 
 @pytest.fixture
 def run(alice, experiment, ensemble):
-    return services.run_launch(user=alice, experiment=experiment)
+    # Committed at once here (transactional tests): keep the submit task from reaching a worker.
+    with mock.patch("ensembles.services._enqueue"):
+        return services.run_launch(user=alice, experiment=experiment)
 
 
 def session_cookie(user) -> str:
