@@ -10,26 +10,17 @@ Prints name=value lines; the last is the headline: the worst p95 over sizes.
 """
 
 import os
-import shutil
 import statistics
 import sys
-import tempfile
 import time
 from datetime import timedelta
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-DATA = tempfile.mkdtemp(prefix="flotilla-bench-")
-os.environ["FLOTILLA_DATA_DIR"] = DATA
-os.environ["DATABASE_URL"] = f"sqlite:///{DATA}/bench.sqlite3"
-os.environ["DJANGO_SETTINGS_MODULE"] = "webapp.settings_test"
+from _django import setup_django  # noqa: E402
 
-import django  # noqa: E402
-
-django.setup()
+DATA = setup_django()
 
 from django.contrib.auth import get_user_model  # noqa: E402
-from django.core.management import call_command  # noqa: E402
 from django.db import connection  # noqa: E402
 from django.test import Client  # noqa: E402
 from django.test.utils import CaptureQueriesContext  # noqa: E402
@@ -92,7 +83,6 @@ def measure(client, url):
 
 
 def main():
-    call_command("migrate", verbosity=0)
     user = get_user_model().objects.create_user("bench", password="bench-password-1")
     client = Client(HTTP_HOST="127.0.0.1")
     client.force_login(user)
@@ -123,7 +113,4 @@ def main():
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    finally:
-        shutil.rmtree(DATA, ignore_errors=True)
+    main()

@@ -9,23 +9,13 @@ Prints name=value lines; the last is the headline: the worse case's p50.
 
 import os
 import statistics
-import sys
-import tempfile
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-DATA = tempfile.mkdtemp(prefix="flotilla-bench-")
-os.environ["FLOTILLA_DATA_DIR"] = DATA
-os.environ["DATABASE_URL"] = f"sqlite:///{DATA}/bench.sqlite3"
-os.environ["DJANGO_SETTINGS_MODULE"] = "webapp.settings_test"
+from _django import setup_django  # noqa: E402
 
-import django  # noqa: E402
-
-django.setup()
+setup_django()
 
 from django.contrib.auth import get_user_model  # noqa: E402
-from django.core.management import call_command  # noqa: E402
 from django.test import Client  # noqa: E402
 from django.urls import reverse  # noqa: E402
 
@@ -62,7 +52,6 @@ def measure(client, url, data):
 
 
 def main():
-    call_command("migrate", verbosity=0)
     user = get_user_model().objects.create_user("bench", password="bench-password-1")
     experiment = services.experiment_create(owner=user, name="bench")
     client = Client(HTTP_HOST="127.0.0.1")
