@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import queue
 import signal
 import subprocess
 import sys
@@ -49,24 +50,62 @@ def member_base_env(environ: dict[str, str] | None = None) -> dict[str, str]:
 
 
 class EventSink:
-    """Pushes job events to a Redis stream; never lets Redis trouble stop a job."""
+    """Pushes job events to a Redis stream; never lets Redis trouble stop a job.
 
-    def __init__(self, redis_url: str | None, stream: str):
+    With ``background``, events go through a queue to a sender thread that sends
+    whatever has accumulated in one pipelined round trip, so starting members
+    never waits for Redis; ``close()`` sends the rest."""
+
+    def __init__(self, redis_url: str | None, stream: str, *, background: bool = False):
         self.stream = stream
         self.client = None
+        self.queue: queue.SimpleQueue | None = None
         if redis_url:
             import redis
 
             self.client = redis.Redis.from_url(redis_url, socket_timeout=2, socket_connect_timeout=2)
+        if self.client is not None and background:
+            self.queue = queue.SimpleQueue()
+            self.sender = threading.Thread(target=self._send_batches, daemon=True)
+            self.sender.start()
 
     def emit(self, key: str, group: str, status: JobStatus) -> None:
         if self.client is None:
             return
-        fields = {"key": key, "group": group, **{k: json.dumps(v) for k, v in status.to_dict().items()}}
+        fields = {"key": key, "group": group, "status": json.dumps(status.to_dict())}
+        if self.queue is not None:
+            self.queue.put(fields)
+        else:
+            self._send([fields])
+
+    def _send(self, batch: list[dict]) -> None:
         try:
-            self.client.xadd(self.stream, fields, maxlen=200_000, approximate=True)
-        except Exception as error:  # the status file stays the source of truth
-            log.warning("could not push an event for %s: %s", key, error)
+            pipeline = self.client.pipeline(transaction=False)
+            for fields in batch:
+                pipeline.xadd(self.stream, fields, maxlen=200_000, approximate=True)
+            pipeline.execute()
+        except Exception as error:  # the status files stay the source of truth
+            log.warning("could not push %d event(s): %s", len(batch), error)
+
+    def _send_batches(self) -> None:
+        while True:
+            batch = [self.queue.get()]
+            while len(batch) < 1000:
+                try:
+                    batch.append(self.queue.get_nowait())
+                except queue.Empty:
+                    break
+            done = batch[-1] is None
+            batch = [fields for fields in batch if fields is not None]
+            if batch:
+                self._send(batch)
+            if done:
+                return
+
+    def close(self) -> None:
+        if self.queue is not None:
+            self.queue.put(None)
+            self.sender.join(timeout=10)
 
 
 def _claim(job: JobSpec, status: JobStatus) -> bool:
@@ -238,7 +277,7 @@ class Runner:
         self.grace = float(spec["grace"])
         self.base_env = spec["base_env"]
         self.jobs = [JobSpec(**job) for job in spec["jobs"]]
-        self.events = EventSink(spec["redis_url"], spec["stream"])
+        self.events = EventSink(spec["redis_url"], spec["stream"], background=True)
         self.lock = threading.Lock()
         self.next_job = 0
         self.running: dict[str, tuple[JobSpec, subprocess.Popen]] = {}
@@ -365,6 +404,7 @@ class Runner:
             thread.start()
         for thread in workers:
             thread.join()
+        self.events.close()
 
 
 if __name__ == "__main__":

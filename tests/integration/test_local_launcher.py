@@ -71,7 +71,7 @@ def test_events_are_pushed_to_the_stream_as_members_start_and_exit(launcher, tmp
     launcher.submit(jobs, group="g2")
     settle(launcher, jobs)
     entries = redis.Redis.from_url(settings.REDIS_URL, decode_responses=True).xrange(stream)
-    states = [json.loads(fields["state"]) for _, fields in entries]
+    states = [json.loads(fields["status"])["state"] for _, fields in entries]
     assert states == ["Running", "Completed"]
     assert {fields["group"] for _, fields in entries} == {"g2"}
 

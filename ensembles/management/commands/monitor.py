@@ -32,8 +32,8 @@ RECONCILE_INTERVAL = 5.0
 
 
 def parse_event(fields: dict) -> tuple[int, JobStatus]:
-    data = {key: json.loads(value) for key, value in fields.items() if key not in ("key", "group")}
-    return int(fields["key"]), JobStatus.from_dict(data)
+    """An event as launchers push it: {"key": <job key>, "group": <run>, "status": <JobStatus JSON>}."""
+    return int(fields["key"]), JobStatus.from_dict(json.loads(fields["status"]))
 
 
 def latest_per_member(entries) -> dict[int, JobStatus]:
