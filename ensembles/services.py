@@ -318,7 +318,8 @@ def _record_events(members: list[MemberRun], status: str, at=None) -> None:
 
 
 def run_submit(*, run_id: int) -> bool:
-    """Generate the new members' directories and hand them to the launcher.
+    """Hand the run's new members to the launcher (which generates each member's
+    directory just before starting it).
 
     Claimed with a conditional UPDATE, so a task delivered twice submits once;
     a job already started by a runner is never generated or submitted again.
