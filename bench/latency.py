@@ -84,7 +84,7 @@ def main():
         from ensembles import services
         from ensembles.models import TERMINAL_STATUSES, MemberRun
 
-        user = get_user_model().objects.create_user("bench", password="bench-password-1")
+        user = get_user_model().objects.create_user(f"bench-{os.getpid()}", password="bench-password-1")
         browser = Client(HTTP_HOST="127.0.0.1")
         browser.force_login(user)
         session = browser.cookies["sessionid"].value

@@ -100,7 +100,7 @@ def main():
     try:
         from django.contrib.auth import get_user_model
 
-        user = get_user_model().objects.create_user("bench", password="bench-password-1")
+        user = get_user_model().objects.create_user(f"bench-{os.getpid()}", password="bench-password-1")
         stack.start_worker()
         stack.start_monitor()
         stack.wait_worker()
