@@ -497,8 +497,10 @@ def run_plots(request, pk):
     run = selectors.run_get(request.user, pk)
     data = selectors.run_plot_data(run)
     fields = data["params"] + [f for f in data["results"] if f not in data["params"]]
-    x = request.GET.get("x") if request.GET.get("x") in fields else (data["params"] or fields or [""])[0]
-    y = request.GET.get("y") if request.GET.get("y") in fields else next((f for f in data["results"] + fields if f != x), "")
+    # Axes the user picked stay; untouched ones follow the data (results appear as members end).
+    chosen = request.GET.get("axes") == "chosen"
+    x = request.GET.get("x") if chosen and request.GET.get("x") in fields else (data["params"] or fields or [""])[0]
+    y = request.GET.get("y") if chosen and request.GET.get("y") in fields else next((f for f in data["results"] + fields if f != x), "")
     figures = {
         "status": plots.status_over_time(data["events"], data["start"]),
         "runtime": plots.runtime_histogram(data["members"]),
@@ -511,5 +513,13 @@ def run_plots(request, pk):
     return render(
         request,
         "ensembles/partials/run_plots.html",
-        {"run": run, "figures": figures, "fields": fields, "x": x, "y": y, "capped": len(data["members"]) >= selectors.MAX_PLOTTED_MEMBERS},
+        {
+            "run": run,
+            "figures": figures,
+            "fields": fields,
+            "x": x,
+            "y": y,
+            "axes": "chosen" if chosen else "default",
+            "capped": len(data["members"]) >= selectors.MAX_PLOTTED_MEMBERS,
+        },
     )

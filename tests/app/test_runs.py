@@ -272,3 +272,14 @@ def test_members_whose_files_are_gone_fail_with_a_clear_message(alice, experimen
     member = run.members.first()
     assert member.status == MemberStatus.FAILED
     assert "Cannot prepare the files of sweep" in member.error and "does not exist" in member.error
+
+
+def test_plot_axes_follow_the_data_until_the_user_picks_them(alice_client, run):
+    member = run.members.get(name="sweep_0")
+    MemberRun.objects.filter(pk=member.pk).update(results={"energy": 2.0}, status="Completed")
+    url = reverse("ensembles:run_plots", args=[run.pk])
+    default = alice_client.get(url, {"x": "alpha", "y": "alpha", "axes": "default"})
+    assert (default.context["x"], default.context["y"]) == ("alpha", "energy")
+    chosen = alice_client.get(url, {"x": "energy", "y": "alpha", "axes": "chosen"})
+    assert (chosen.context["x"], chosen.context["y"]) == ("energy", "alpha")
+    assert 'name="axes" value="chosen"' in chosen.content.decode()
