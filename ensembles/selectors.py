@@ -397,7 +397,8 @@ def run_plot_data(run: Run) -> dict:
     for row in rows:
         params.update({k: None for k, v in params_in_order(row["params"], row["param_names"]).items() if _is_number(v)})
         results.update({k: None for k, v in (row["results"] or {}).items() if _is_number(v)})
-    return {"start": start, "members": members, "events": events, "params": list(params), "results": list(results)}
+    # Results in name order: PostgreSQL (jsonb) does not keep the order the member wrote them in.
+    return {"start": start, "members": members, "events": events, "params": list(params), "results": sorted(results)}
 
 
 def _is_number(value) -> bool:
