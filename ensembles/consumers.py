@@ -9,7 +9,7 @@ import json
 import os
 
 from channels.db import database_sync_to_async
-from channels.generic.websocket import AsyncJsonWebsocketConsumer, AsyncWebsocketConsumer
+from channels.generic.websocket import AsyncWebsocketConsumer
 from django.http import Http404
 from django.utils.html import escape
 
@@ -19,29 +19,6 @@ TAIL_BYTES = 64 * 1024  # sent on open
 CHUNK_BYTES = 256 * 1024  # at most per message while following
 FOLLOW_INTERVAL = 0.25
 CLOSE_FORBIDDEN = 4403
-
-
-class HealthConsumer(AsyncJsonWebsocketConsumer):
-    """Answers a logged-in user's ping through the channel layer, proving the
-    websocket path (ASGI server, auth, Redis layer) works end to end."""
-
-    async def connect(self):
-        if not self.scope["user"].is_authenticated:
-            await self.close(code=4401)
-            return
-        self.group = f"user.{self.scope['user'].pk}.health"
-        await self.channel_layer.group_add(self.group, self.channel_name)
-        await self.accept()
-
-    async def disconnect(self, code):
-        if hasattr(self, "group"):
-            await self.channel_layer.group_discard(self.group, self.channel_name)
-
-    async def receive_json(self, content, **kwargs):
-        await self.channel_layer.group_send(self.group, {"type": "health.pong", "echo": content.get("ping")})
-
-    async def health_pong(self, event):
-        await self.send_json({"pong": event["echo"]})
 
 
 @database_sync_to_async

@@ -94,7 +94,6 @@ class Preview:
     members: list[PreviewMember] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     figure: dict | None = None
-    first_index: int = 0
 
 
 def ensemble_preview(
@@ -139,7 +138,6 @@ def ensemble_preview(
         members=members,
         warnings=warnings,
         figure=figure,
-        first_index=start,
     )
 
 

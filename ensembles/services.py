@@ -199,10 +199,11 @@ def owner_folder(user) -> str:
 
 
 def _files_of(owner) -> dict:
+    """{"copy": [...], "symlink": [...], "configure": [...]}: Generator's keyword arguments."""
     files = {action: [] for action in FileAction.values}
     for attached in owner.files.all():
         files[attached.action].append(attached.path)
-    return {"copy": files["copy"], "symlink": files["symlink"], "configure": files["configure"]}
+    return files
 
 
 def _resolve_launcher(experiment: Experiment) -> str:
