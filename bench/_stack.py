@@ -112,10 +112,10 @@ class Stack:
         self.children.append(process)
         return process
 
-    def start_worker(self, pool: str = "solo") -> subprocess.Popen:
+    def start_worker(self) -> subprocess.Popen:
         return self.start(
             "worker",
-            [sys.executable, "-m", "celery", "-A", "webapp", "worker", "--pool", pool, "--loglevel", "WARNING",
+            [sys.executable, "-m", "celery", "-A", "webapp", "worker", "--concurrency", "2", "--loglevel", "WARNING",
              "--without-gossip", "--without-mingle", "--without-heartbeat", "--hostname", f"bench-{os.getpid()}@%h"],
         )
 

@@ -46,8 +46,10 @@ class RunConsumer(AsyncWebsocketConsumer):
         if run is None:
             await self.close(code=CLOSE_FORBIDDEN)
             return
+        self.run_id = run.pk
         self.group = realtime.run_group(run.pk)
         await self.channel_layer.group_add(self.group, self.channel_name)
+        await realtime.watch(run.pk, self.channel_name)
         await self.accept()
         # After a reconnect (a server restart, a network blip) the page may be stale:
         # send the truth now, and have the table reload itself.
@@ -56,6 +58,7 @@ class RunConsumer(AsyncWebsocketConsumer):
     async def disconnect(self, code):
         if hasattr(self, "group"):
             await self.channel_layer.group_discard(self.group, self.channel_name)
+            await realtime.unwatch(self.run_id, self.channel_name)
 
     async def run_update(self, event):
         await self.send(text_data=event["html"])

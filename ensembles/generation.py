@@ -224,9 +224,11 @@ class Generator:
 
     def generate(self, directory: Path, name: str, params: Mapping[str, Any], *, trash: list[Path]) -> dict:
         """Create ``directory`` for one member; an existing one is moved aside into ``trash``."""
-        if directory.exists() or directory.is_symlink():
+        try:
+            os.makedirs(directory)
+        except FileExistsError:  # a file, a link or an earlier generation
             trash.append(_move_aside(directory))
-        directory.mkdir(parents=True)
+            os.mkdir(directory)
         for source in self.copy:
             if source.is_dir():
                 shutil.copytree(source, directory, dirs_exist_ok=True, symlinks=True)
@@ -247,7 +249,7 @@ class Generator:
             configured[relative] = rendered.used
         record = {"name": name, "params": dict(params), "configured": configured}
         with open(directory / RECORD_FILE_NAME, "w", encoding="utf-8") as out:
-            json.dump(record, out, indent=1, default=str)
+            out.write(json.dumps(record, default=str))  # dumps: the C encoder
         return record
 
 

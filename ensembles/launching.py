@@ -50,6 +50,5 @@ def job_spec(member: MemberRun, *, files: dict | None = None, roots: list[str] =
         env=member.env,
         stdout=member.stdout,
         stderr=member.stderr,
-        status_file=member.status_file,
         prepare=prepare,
     )

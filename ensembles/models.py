@@ -387,10 +387,6 @@ class MemberRun(models.Model):
         return self.entity if self.kind == MemberKind.GENERATED else self.name
 
     @property
-    def status_file(self) -> str:
-        return str(Path(self.run.work_dir) / "status" / f"{self.pk}.json")
-
-    @property
     def stdout(self) -> str:
         return str(Path(self.cwd) / f"{self.name}.out")
 

@@ -1,12 +1,20 @@
 """Server -> browser pushes. One fragment, three transports: the partials rendered
-here are the same the run page includes and the htmx views return."""
+here are the same the run page includes and the htmx views return.
+
+Who watches which run is kept in Redis (a sorted set of channel names per run),
+so that nothing is rendered for a run nobody has open."""
 
 from __future__ import annotations
 
+import functools
 import logging
+import time
 
+import redis
+import redis.asyncio
 from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
+from django.conf import settings
 from django.template.loader import render_to_string
 from django.urls import reverse
 
@@ -14,10 +22,47 @@ from . import selectors
 
 log = logging.getLogger("flotilla.realtime")
 MAX_ROWS_PER_PUSH = 200  # beyond this, the page reloads its table instead
+# A socket whose server died without saying goodbye stops counting as a watcher
+# after this long (as channels_redis forgets group members).
+WATCHER_EXPIRY = 24 * 3600
 
 
 def run_group(run_id: int) -> str:
     return f"run.{run_id}"
+
+
+def _watchers_key(run_id: int) -> str:
+    return f"{settings.EVENT_STREAM}:watchers:{run_group(run_id)}"
+
+
+async def watch(run_id: int, channel_name: str) -> None:
+    client = redis.asyncio.Redis.from_url(settings.REDIS_URL)
+    try:
+        async with client.pipeline(transaction=False) as pipe:
+            key = _watchers_key(run_id)
+            await pipe.zadd(key, {channel_name: time.time()}).expire(key, WATCHER_EXPIRY).execute()
+    finally:
+        await client.aclose()
+
+
+async def unwatch(run_id: int, channel_name: str) -> None:
+    client = redis.asyncio.Redis.from_url(settings.REDIS_URL)
+    try:
+        await client.zrem(_watchers_key(run_id), channel_name)
+    finally:
+        await client.aclose()
+
+
+@functools.cache
+def _client() -> redis.Redis:
+    return redis.Redis.from_url(settings.REDIS_URL, socket_timeout=5)
+
+
+def watched(run_id: int) -> bool:
+    key = _watchers_key(run_id)
+    pipe = _client().pipeline(transaction=False)
+    _, count = pipe.zremrangebyscore(key, 0, time.time() - WATCHER_EXPIRY).zcard(key).execute()
+    return count > 0
 
 
 def run_update_html(run_id: int, member_ids: list[int], *, reload: bool = False) -> str:
@@ -34,8 +79,10 @@ def run_update_html(run_id: int, member_ids: list[int], *, reload: bool = False)
 
 def run_changed(run_id: int, member_ids: list[int]) -> None:
     """Push one update to every browser watching the run (best effort: the page
-    shows the truth again on reconnect)."""
+    shows the truth again on reconnect). Nothing is rendered if nobody watches."""
     try:
+        if not watched(run_id):
+            return
         html = run_update_html(run_id, member_ids)
         async_to_sync(get_channel_layer().group_send)(run_group(run_id), {"type": "run.update", "html": html})
     except Exception as error:  # Redis down, a page closing: never fail the caller for a push

@@ -1,21 +1,18 @@
 """The launcher contract. Plain Python: no Django.
 
 A launcher starts jobs described by JobSpecs, reports their states in one
-batched call, and cancels them. Every launcher also writes (or lets its
-runner write) one status file per job, never deleted: files and the scheduler
-are the source of truth, and the database is rebuilt from them after a crash.
+batched call, and cancels them. What a launcher records (the local runner's
+journals, a scheduler's accounting) is the source of truth, never deleted:
+the database is rebuilt from it after a crash.
 """
 
 from __future__ import annotations
 
 import importlib
 import json
-import os
-import tempfile
 from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass, field
 from enum import Enum
-from pathlib import Path
 from typing import Any
 
 
@@ -41,7 +38,7 @@ TERMINAL_STATES = frozenset({JobState.COMPLETED, JobState.FAILED, JobState.CANCE
 
 @dataclass
 class JobSpec:
-    """One job: what to run, where, and where to write its output and status."""
+    """One job: what to run, where, and where to write its output."""
 
     key: str  # unique across the system (Flotilla uses the MemberRun id)
     name: str
@@ -50,7 +47,6 @@ class JobSpec:
     env: dict[str, str] = field(default_factory=dict)  # added to the launcher's environment
     stdout: str = ""
     stderr: str = ""
-    status_file: str = ""
     resources: dict[str, Any] = field(default_factory=dict)  # nodes, time, account, queue... for schedulers
     # Work to do just before the job starts, by whoever starts it (once, after claiming it):
     # {"hook": "package.module:function", "kwargs": {...}}; the hook is plain Python.
@@ -71,8 +67,12 @@ class JobStatus:
     error: str | None = None  # why the job could not start, for the user
 
     def to_dict(self) -> dict:
-        data = asdict(self)
-        data["state"] = self.state.value
+        """The state and the fields that are set (written for every event: kept cheap)."""
+        data = {"state": self.state.value}
+        for name in ("job_id", "returncode", "signal", "started", "ended", "error"):
+            value = getattr(self, name)
+            if value is not None:
+                data[name] = value
         return data
 
     @classmethod
@@ -88,34 +88,20 @@ class JobStatus:
         )
 
 
+def encode_event(key: str, status: JobStatus) -> str:
+    """A status change as one line of text (no newline): what launchers record and push to the event stream."""
+    return json.dumps({"key": key, **status.to_dict()}, separators=(",", ":"))
+
+
+def decode_event(line: str) -> tuple[str, JobStatus]:
+    data = json.loads(line)
+    return str(data["key"]), JobStatus.from_dict(data)
+
+
 def run_hook(spec: dict[str, Any]) -> Any:
     """Call ``{"hook": "module:function", "kwargs": {...}}``."""
     module_name, _, function_name = spec["hook"].partition(":")
     return getattr(importlib.import_module(module_name), function_name)(**spec.get("kwargs", {}))
-
-
-def write_json_atomic(path: str | os.PathLike, data: dict) -> None:
-    """Write a whole file or nothing (readers never see half a status)."""
-    path = Path(path)
-    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w") as out:
-            json.dump(data, out)
-        os.replace(temporary, path)
-    except BaseException:
-        os.unlink(temporary)
-        raise
-
-
-def read_status(path: str | os.PathLike) -> JobStatus | None:
-    """The status a status file records, or None if there is none (yet)."""
-    try:
-        with open(path) as handle:
-            return JobStatus.from_dict(json.load(handle))
-    except FileNotFoundError:
-        return None
-    except (ValueError, KeyError):
-        return None  # a torn or foreign file: treated as no status
 
 
 class Launcher(ABC):

@@ -11,7 +11,7 @@ import pytest
 import redis
 from django.conf import settings
 
-from launchers.base import JobSpec, JobState
+from launchers.base import JobSpec, JobState, decode_event
 from launchers.local import LocalLauncher
 from tests.conftest import wait_for
 
@@ -34,10 +34,8 @@ def launcher(tmp_path, stream):
 def job(tmp_path, key, argv, **extra):
     folder = tmp_path / key
     folder.mkdir(exist_ok=True)
-    (tmp_path / "status").mkdir(exist_ok=True)
     return JobSpec(
-        key=key, name=key, argv=argv, cwd=str(folder), stdout=str(folder / f"{key}.out"),
-        stderr=str(folder / f"{key}.err"), status_file=str(tmp_path / "status" / f"{key}.json"), **extra,
+        key=key, name=key, argv=argv, cwd=str(folder), stdout=str(folder / f"{key}.out"), stderr=str(folder / f"{key}.err"), **extra,
     )
 
 
@@ -71,9 +69,8 @@ def test_events_are_pushed_to_the_stream_as_members_start_and_exit(launcher, tmp
     launcher.submit(jobs, group="g2")
     settle(launcher, jobs)
     entries = redis.Redis.from_url(settings.REDIS_URL, decode_responses=True).xrange(stream)
-    states = [json.loads(fields["status"])["state"] for _, fields in entries]
-    assert states == ["Running", "Completed"]
-    assert {fields["group"] for _, fields in entries} == {"g2"}
+    events = [decode_event(line) for _, fields in entries for line in fields["events"].splitlines()]
+    assert [(key, status.state) for key, status in events] == [("a", JobState.RUNNING), ("a", JobState.COMPLETED)]
 
 
 def test_members_get_their_env_but_not_the_servers_secrets(tmp_path, stream):
@@ -116,7 +113,8 @@ def test_cancel_stops_running_jobs_and_queued_jobs_never_start(launcher, tmp_pat
     result = settle(launcher, jobs, timeout=10)
     assert result["s0"].state == JobState.CANCELLED and result["s0"].signal == signal.SIGTERM
     assert [result[k].state for k in ("s1", "s2")] == [JobState.CANCELLED] * 2
-    assert not (tmp_path / "s1" / "s1.out").exists()
+    never_started = tmp_path / "s1" / "s1.out"  # may have been created ahead, empty, when s1 was prepared
+    assert not never_started.exists() or never_started.read_text() == ""
 
 
 def test_a_job_that_ignores_sigterm_is_killed_after_the_grace_period(launcher, tmp_path):
@@ -148,3 +146,40 @@ def test_a_job_is_prepared_just_before_it_starts_and_a_failed_preparation_fails_
     assert result["prepared"].state == JobState.COMPLETED and folder.is_dir()
     assert result["broken"].state == JobState.FAILED
     assert "could not prepare the job" in result["broken"].error
+
+
+def test_members_start_in_the_order_they_were_submitted(launcher, tmp_path):
+    jobs = [job(tmp_path, f"m{i}", [PY, "-c", "import time; print(time.time())"]) for i in range(5)]
+    launcher.submit(jobs, group="g10", concurrency=1)
+    settle(launcher, jobs)
+    starts = [float((tmp_path / j.key / f"{j.key}.out").read_text()) for j in jobs]
+    assert starts == sorted(starts)
+
+
+def test_a_second_submission_to_a_run_waits_for_the_first_runner(launcher, tmp_path):
+    script = "import time, sys; print(time.time()); time.sleep(0.3); print(time.time())"
+    first = [job(tmp_path, f"a{i}", [PY, "-c", script]) for i in range(2)]
+    second = [job(tmp_path, "b", [PY, "-c", script])]
+    launcher.submit(first, group="g11", concurrency=2)
+    wait_for(lambda: launcher.status(first)["a0"].state == JobState.RUNNING)
+    launcher.submit(second, group="g11", concurrency=2)
+    settle(launcher, first + second)
+    spans = {j.key: tuple(map(float, (tmp_path / j.key / f"{j.key}.out").read_text().split())) for j in first + second}
+    assert spans["b"][0] >= max(spans["a0"][1], spans["a1"][1])  # the run's concurrency limit holds across submissions
+
+
+def test_jobs_a_dead_runner_never_started_can_be_submitted_again(launcher, tmp_path):
+    sleeper = [PY, "-c", "import time; print('ran', flush=True); time.sleep(0.5)"]
+    jobs = [job(tmp_path, f"s{i}", sleeper) for i in range(3)]
+    launcher.submit(jobs, group="g12", concurrency=1)
+    wait_for(lambda: launcher.status(jobs)["s0"].state == JobState.RUNNING)
+    for pid_file in (tmp_path / "run").glob("runner-*.pid"):
+        os.kill(int(pid_file.read_text()), signal.SIGKILL)
+    wait_for(lambda: not launcher.runner_alive())
+    again = launcher.unstarted(jobs)
+    assert [j.key for j in again] == ["s1", "s2"]  # s1 may have been prepared already, but it never started
+    launcher.submit(again, group="g12", concurrency=1)
+    result = settle(launcher, jobs)
+    assert result["s0"].state == JobState.LOST
+    assert [result[k].state for k in ("s1", "s2")] == [JobState.COMPLETED] * 2
+    assert [(tmp_path / k / f"{k}.out").read_text() for k in ("s1", "s2")] == ["ran\n", "ran\n"]

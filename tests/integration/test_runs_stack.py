@@ -9,7 +9,9 @@ from pathlib import Path
 import pytest
 
 from ensembles import services
+from ensembles.launching import job_spec, launcher_for
 from ensembles.models import MemberRun, MemberStatus, Run, TERMINAL_STATUSES
+from launchers.base import JobState
 from tests.conftest import wait_for, worker_process
 
 pytestmark = pytest.mark.integration
@@ -66,7 +68,9 @@ def test_cancel_stops_running_members_and_queued_ones_never_start(stack, alice, 
     members = wait_for(lambda: all_terminal(run), timeout=20, message="all cancelled")
     assert [m.status for m in members] == ["Cancelled"] * 3
     assert members[0].signal == signal.SIGTERM
-    assert not Path(members[2].stdout).exists()  # never started
+    never_started = members[2]  # maybe prepared ahead (its folder and empty output files), never started
+    assert never_started.started is None and not never_started.job_id
+    assert not Path(never_started.stdout).exists() or Path(never_started.stdout).read_text() == ""
 
 
 def test_rerun_failed_makes_new_attempts_linked_to_the_old(stack, alice, experiment):
@@ -108,8 +112,9 @@ def test_a_monitor_killed_mid_run_catches_up_within_5_seconds(stack, stack_env, 
     stack["monitor"].kill()
     # members keep running and exiting while nobody watches
     wait_for(lambda: all(
-        Path(m.status_file).exists() and '"Completed"' in Path(m.status_file).read_text() for m in members_of(run)
-    ), message="all exited on disk")
+        status.state == JobState.COMPLETED
+        for status in launcher_for(run).status([job_spec(m) for m in members_of(run)]).values()
+    ), message="all exited, as the runner recorded")
     stack["monitor"].start()
     members = wait_for(lambda: all_terminal(run), timeout=5, message="DB caught up after restart")
     assert [m.status for m in members] == ["Completed"] * 8

@@ -6,11 +6,10 @@ restart), writes status changes in bulk, and pushes coalesced updates to the
 browsers: an event after a quiet spell is written and pushed at once; in a
 burst, everything read is written and pushed together every 80 ms (one
 websocket message per run each time). Every few seconds, and at start, it
-reconciles unfinished members from the status files, which are the source of
-truth, and resumes submissions whose worker died.
+reconciles unfinished members from what the launchers recorded (the source of
+truth), and resumes submissions whose worker died.
 """
 
-import json
 import logging
 import os
 import signal
@@ -23,7 +22,7 @@ from django.core.management.base import BaseCommand
 from django.db import close_old_connections
 
 from ensembles import realtime, services
-from launchers.base import JobState, JobStatus
+from launchers.base import JobState, JobStatus, decode_event
 
 log = logging.getLogger("flotilla.monitor")
 GROUP = "monitor"
@@ -31,24 +30,22 @@ FLUSH_INTERVAL = 0.08  # in a burst, write and push at most this often: ~12 mess
 RECONCILE_INTERVAL = 5.0
 
 
-def parse_event(fields: dict) -> tuple[int, JobStatus]:
-    """An event as launchers push it: {"key": <job key>, "group": <run>, "status": <JobStatus JSON>}."""
-    return int(fields["key"]), JobStatus.from_dict(json.loads(fields["status"]))
-
-
 def latest_per_member(entries) -> dict[int, JobStatus]:
-    """Of several events for one member in a batch, the most advanced one."""
+    """The most advanced status of each member in a batch of stream entries
+    (each carries one or more journal lines: {"events": "<line>\\n<line>..."})."""
     order = {JobState.QUEUED: 0, JobState.RUNNING: 1}
     statuses: dict[int, JobStatus] = {}
     for _, fields in entries:
-        try:
-            key, status = parse_event(fields)
-        except (KeyError, ValueError):
-            log.warning("ignoring a malformed event: %r", fields)
-            continue
-        previous = statuses.get(key)
-        if previous is None or order.get(status.state, 2) >= order.get(previous.state, 2):
-            statuses[key] = status
+        for line in fields.get("events", "").splitlines():
+            try:
+                key, status = decode_event(line)
+                key = int(key)
+            except (KeyError, ValueError):
+                log.warning("ignoring a malformed event: %r", line)
+                continue
+            previous = statuses.get(key)
+            if previous is None or order.get(status.state, 2) >= order.get(previous.state, 2):
+                statuses[key] = status
     return statuses
 
 
@@ -78,7 +75,12 @@ class Command(BaseCommand):
                     self.claim_abandoned()
                     self.changed(services.runs_reconcile())
                     last_reconcile = time.monotonic()
-                self.unapplied += self.read(">", self.block_ms())
+                if self.unapplied or self.pending_pushes:
+                    # In a burst: let the window fill, then take everything that came in one read.
+                    time.sleep(max(0.0, self.last_flush + FLUSH_INTERVAL - time.monotonic()))
+                    self.unapplied += self.read(">")
+                else:
+                    self.unapplied += self.read(">", block_ms=100)  # quiet: wait for the next event
                 if time.monotonic() - self.last_flush >= FLUSH_INTERVAL:
                     self.flush()
             except (redis.RedisError, OSError) as error:
@@ -107,12 +109,6 @@ class Command(BaseCommand):
     def read(self, last_id: str, block_ms: int | None = None):
         response = self.client.xreadgroup(GROUP, self.consumer, {self.stream: last_id}, count=2000, block=block_ms)
         return response[0][1] if response else []
-
-    def block_ms(self) -> int:
-        """Idle: wait up to 100 ms for events. Busy: only until the next flush is due."""
-        if not self.unapplied and not self.pending_pushes:
-            return 100
-        return max(1, int((self.last_flush + FLUSH_INTERVAL - time.monotonic()) * 1000))
 
     def flush(self):
         """Write what was read in one go, then push it: at most once per FLUSH_INTERVAL
