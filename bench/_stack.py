@@ -192,10 +192,8 @@ class Stack:
         for pid_file in (self.data / "runs").glob("*/runner-*.pid"):
             try:
                 pid = int(pid_file.read_text())
-                with open(f"/proc/{pid}/cmdline", "rb") as handle:
-                    if pid_file.stem.encode() not in handle.read():
-                        continue
-                os.killpg(pid, signal.SIGKILL)  # its members are in their own groups; they end by themselves
+                if os.getpgid(pid) == pid:  # still a runner (it leads its own group), not a reused pid
+                    os.killpg(pid, signal.SIGKILL)  # its members are in their own groups; they end by themselves
             except (OSError, ValueError):
                 continue
 

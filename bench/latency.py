@@ -7,8 +7,8 @@ The run has 50 members (concurrency 50), member i sleeping 0.2 + 0.05*i s, so
 that exits are spread. run_launch is called with its on_commit enqueue held
 back until the socket is open, then the task is enqueued as run_launch would.
 
-Per member: its exit time is "ended" in its status file (written by the local
-runner right after the process exits); its arrival time is when the first
+Per member: its exit time is "ended" in the runner's journal (written by the
+local runner right after the process exits); its arrival time is when the first
 websocket message arrives holding its row (id="member-<pk>") with a terminal
 data-status. The monitor's database write (MemberRun.updated) splits the
 latency into exit->db and db->websocket.
@@ -29,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _stack import Stack  # noqa: E402
 
+from launchers.local import Journals  # noqa: E402
 from webapp.supervisor import free_port  # noqa: E402
 
 MEMBERS = int(os.environ.get("BENCH_MEMBERS", "50"))
@@ -166,10 +167,10 @@ def main():
         client.join(5)
         seen = arrivals()
 
+        recorded = Journals.read(Path(run.work_dir))
         to_ws, to_db, db_to_ws = [], [], []
         for member in members:
-            with open(member.status_file) as handle:
-                ended = json.load(handle)["ended"]
+            ended = recorded[str(member.pk)][1].ended
             if str(member.pk) in seen:
                 to_ws.append((seen[str(member.pk)] - ended) * 1000)
                 db_to_ws.append((seen[str(member.pk)] - member.updated.timestamp()) * 1000)
@@ -179,7 +180,7 @@ def main():
             with open(os.environ["BENCH_DUMP"], "w") as out:
                 json.dump({
                     "members": [{"pk": m.pk, "updated": m.updated.timestamp(), "arrived": seen.get(str(m.pk)),
-                                 "status_file": json.load(open(m.status_file))} for m in members],
+                                 "recorded": recorded[str(m.pk)][1].to_dict()} for m in members],
                     "messages": [(arrived, [pk for pk, _ in ROW.findall(text)], len(text)) for arrived, text in client.messages],
                 }, out, indent=1)
 

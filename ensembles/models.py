@@ -314,7 +314,7 @@ class Run(models.Model):
     submit_error = models.TextField(blank=True)
     claimed_at = models.DateTimeField(null=True, blank=True)
     claimed_by = models.CharField(max_length=200, blank=True)  # "<host>:<pid>" of the submitting worker process
-    # Runner specs and status files; unique, so that a reused id never meets old files.
+    # The runners' journals and logs; unique, so that a reused id never meets old files.
     work_dir = models.CharField(max_length=4096)
     created = models.DateTimeField(auto_now_add=True)
     finished = models.DateTimeField(null=True, blank=True)

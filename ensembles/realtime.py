@@ -6,13 +6,15 @@ so that nothing is rendered for a run nobody has open."""
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
+import os
+import threading
 import time
 
 import redis
 import redis.asyncio
-from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
 from django.conf import settings
 from django.template.loader import render_to_string
@@ -53,6 +55,32 @@ async def unwatch(run_id: int, channel_name: str) -> None:
         await client.aclose()
 
 
+class _PushLoop:
+    """An event loop in a daemon thread, for this process's pushes. The channel layer
+    keeps its Redis connections per loop: async_to_sync would make a new loop, and
+    so new connections, for every push."""
+
+    def __init__(self):
+        self.pid = os.getpid()
+        self.loop = asyncio.new_event_loop()
+        threading.Thread(target=self.loop.run_forever, name="flotilla-push", daemon=True).start()
+
+    def group_send(self, group: str, message: dict) -> None:
+        asyncio.run_coroutine_threadsafe(get_channel_layer().group_send(group, message), self.loop).result(timeout=5)
+
+
+_push_loop: _PushLoop | None = None
+_push_loop_lock = threading.Lock()
+
+
+def _group_send(group: str, message: dict) -> None:
+    global _push_loop
+    with _push_loop_lock:
+        if _push_loop is None or _push_loop.pid != os.getpid():  # a forked process needs its own thread
+            _push_loop = _PushLoop()
+    _push_loop.group_send(group, message)
+
+
 @functools.cache
 def _client() -> redis.Redis:
     return redis.Redis.from_url(settings.REDIS_URL, socket_timeout=5)
@@ -84,6 +112,6 @@ def run_changed(run_id: int, member_ids: list[int]) -> None:
         if not watched(run_id):
             return
         html = run_update_html(run_id, member_ids)
-        async_to_sync(get_channel_layer().group_send)(run_group(run_id), {"type": "run.update", "html": html})
+        _group_send(run_group(run_id), {"type": "run.update", "html": html})
     except Exception as error:  # Redis down, a page closing: never fail the caller for a push
         log.warning("could not push run %s: %s", run_id, error)

@@ -551,7 +551,7 @@ def _claimer_dead(claimed_by: str, claimed_at) -> bool:
 
 
 def runs_reconcile() -> dict[int, list[int]]:
-    """Bring unfinished members in line with the launchers' status files, resume
+    """Bring unfinished members in line with what the launchers recorded, resume
     submissions whose worker died, and resubmit queued jobs whose runner died
     before starting them. Returns the changed member ids by run."""
     for run in Run.objects.filter(submit_state=SubmitState.SUBMITTING):

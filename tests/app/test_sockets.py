@@ -134,3 +134,36 @@ def test_a_log_stream_other_than_out_or_err_is_refused(run, alice):
 
     assert async_to_sync(scenario)(f"/ws/member-runs/{member.pk}/log/passwd/") == (False, 4403)
     assert async_to_sync(scenario)(f"/ws/member-runs/{member.pk}/log/../../etc/") == (False, 4404)
+
+
+def test_a_run_counts_as_watched_while_a_socket_is_open(run, alice):
+    from ensembles import realtime
+
+    cookie = session_cookie(alice)
+
+    async def scenario():
+        communicator = connect(f"/ws/runs/{run.pk}/", cookie)
+        await _open(communicator)
+        await communicator.receive_from(timeout=5)
+        during = realtime.watched(run.pk)
+        await communicator.disconnect()
+        return during
+
+    assert realtime.watched(run.pk) is False
+    assert async_to_sync(scenario)() is True
+    assert realtime.watched(run.pk) is False
+
+
+def test_pushes_are_rendered_only_for_watched_runs(run):
+    from ensembles import realtime
+
+    with mock.patch("ensembles.realtime._group_send") as send:
+        realtime.run_changed(run.pk, [])
+        assert not send.called  # nobody watches: nothing rendered, nothing sent
+        async_to_sync(realtime.watch)(run.pk, "a-channel")
+        try:
+            realtime.run_changed(run.pk, [])
+        finally:
+            async_to_sync(realtime.unwatch)(run.pk, "a-channel")
+    (group, message), _ = send.call_args
+    assert group == realtime.run_group(run.pk) and 'id="run-counts"' in message["html"]
