@@ -22,7 +22,7 @@ The run's work directory holds the source of truth:
   a grace period.
 
 Every journal line is also pushed to a Redis stream at once, batched into one
-entry per round trip (``{"events": "<line>\\n<line>..."}``).
+entry per round trip (``{"group": <the submission's group>, "events": "<line>\\n<line>..."}``).
 """
 
 from __future__ import annotations
@@ -72,9 +72,10 @@ class EventSink:
 
     LINGER = 0.01  # seconds between round trips in a burst
 
-    def __init__(self, redis_url: str | None, stream: str):
+    def __init__(self, redis_url: str | None, stream: str, group: str):
         self.redis_url = redis_url
         self.stream = stream
+        self.group = group
         self.queue: queue.SimpleQueue[str | None] = queue.SimpleQueue()
         self.sender = threading.Thread(target=self._send_batches, daemon=True)
         if redis_url:
@@ -105,7 +106,7 @@ class EventSink:
                 continue
             last_sent = time.monotonic()
             try:
-                client.xadd(self.stream, {"events": "\n".join(lines)}, maxlen=100_000, approximate=True)
+                client.xadd(self.stream, {"group": self.group, "events": "\n".join(lines)}, maxlen=100_000, approximate=True)
             except Exception as error:  # the journals stay the source of truth
                 log.warning("could not push %d event(s): %s", len(lines), error)
 
@@ -341,7 +342,7 @@ class LocalLauncher(Launcher):
             return
         try:  # no runner at work: queued jobs are cancelled here, orphaned ones terminated
             recorded = Journals.read(self.work_dir)
-            events = EventSink(self.redis_url, self.stream)
+            events = EventSink(self.redis_url, self.stream, group)
             with open(self.work_dir / f"cancel-{uuid.uuid4().hex[:12]}{JOURNAL_SUFFIX}", "a") as journal:
                 for job in jobs:
                     _, status = recorded.get(job.key, ("", None))
@@ -562,7 +563,7 @@ class Runner:
             job for job in self.jobs if job.key not in recorded or recorded[job.key][1].state == JobState.QUEUED
         )
         self.journal = os.open(self.work_dir / f"{self.name}{JOURNAL_SUFFIX}", os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
-        self.events = EventSink(self.redis_url, self.stream)
+        self.events = EventSink(self.redis_url, self.stream, self.group)
         self.refresh_cancelled()
         threading.Thread(target=self.canceller, daemon=True).start()
         threads = [threading.Thread(target=self.preparer)]

@@ -3,11 +3,13 @@
 It consumes launcher events from a Redis stream through a consumer group (events
 sent while it is down wait in the stream; unacknowledged ones are read again on
 restart), writes status changes in bulk, and pushes coalesced updates to the
-browsers: an event after a quiet spell is written and pushed at once; in a
-burst, everything read is written and pushed together every 80 ms (one
-websocket message per run each time). Every few seconds, and at start, it
-reconciles unfinished members from what the launchers recorded (the source of
-truth), and resumes submissions whose worker died.
+browsers. An event after a quiet spell is written and pushed at once. In a
+burst, a run that a browser watches is written and pushed every 80 ms (one
+websocket message per run each time); when nobody watches, writes wait until
+the burst pauses for 20 ms, or at most 500 ms, so that a long run costs few
+transactions. Every few seconds, and at start, it reconciles unfinished members
+from what the launchers recorded (the source of truth), and resumes submissions
+whose worker died.
 """
 
 import logging
@@ -27,6 +29,8 @@ from launchers.base import JobState, JobStatus, decode_event
 log = logging.getLogger("flotilla.monitor")
 GROUP = "monitor"
 FLUSH_INTERVAL = 0.08  # in a burst, write and push at most this often: ~12 messages/s per browser
+UNWATCHED_QUIET = 0.02  # nobody watches: write once the stream is quiet this long...
+UNWATCHED_INTERVAL = 0.5  # ...or once the oldest unwritten event is this old
 RECONCILE_INTERVAL = 5.0
 
 
@@ -65,6 +69,8 @@ class Command(BaseCommand):
         self.unapplied: list = []  # stream entries read but not yet written (and so not acknowledged)
         self.pending_pushes: dict[int, set[int]] = {}
         self.last_flush = 0.0
+        self.busy_since = 0.0  # when the oldest unwritten event was read
+        self.watched: bool | None = None  # whether a browser watches a run with unwritten changes
         self.stdout.write(f"monitor: reading {self.stream} as {consumer}")
         last_reconcile = 0.0
         while not self.stopping:
@@ -75,14 +81,21 @@ class Command(BaseCommand):
                     self.claim_abandoned()
                     self.changed(services.runs_reconcile())
                     last_reconcile = time.monotonic()
-                if self.unapplied or self.pending_pushes:
-                    # In a burst: let the window fill, then take everything that came in one read.
+                if not self.busy():
+                    self.take(self.read(">", block_ms=100))  # quiet: wait for the next event
+                    if self.busy() and time.monotonic() - self.last_flush >= FLUSH_INTERVAL:
+                        self.flush()
+                elif self.watching():
+                    # Let the window fill, then take everything that came in one read.
                     time.sleep(max(0.0, self.last_flush + FLUSH_INTERVAL - time.monotonic()))
-                    self.unapplied += self.read(">")
-                else:
-                    self.unapplied += self.read(">", block_ms=100)  # quiet: wait for the next event
-                if time.monotonic() - self.last_flush >= FLUSH_INTERVAL:
+                    self.take(self.read(">"))
                     self.flush()
+                else:
+                    time.sleep(UNWATCHED_QUIET)  # then one read takes whatever came meanwhile
+                    more = self.read(">")
+                    self.take(more)
+                    if not more or time.monotonic() - self.busy_since >= UNWATCHED_INTERVAL:
+                        self.flush()
             except (redis.RedisError, OSError) as error:
                 log.warning("monitor: %s; retrying", error)
                 time.sleep(1)
@@ -110,10 +123,27 @@ class Command(BaseCommand):
         response = self.client.xreadgroup(GROUP, self.consumer, {self.stream: last_id}, count=2000, block=block_ms)
         return response[0][1] if response else []
 
+    def busy(self) -> bool:
+        return bool(self.unapplied or self.pending_pushes)
+
+    def take(self, entries):
+        if entries and not self.busy():
+            self.busy_since = time.monotonic()
+        self.unapplied += entries
+
+    def watching(self) -> bool:
+        """Whether a browser watches one of the runs with unwritten changes (asked once per flush)."""
+        if self.watched is None:
+            runs = set(self.pending_pushes)
+            for _, fields in self.unapplied:
+                if fields.get("group", "").isdigit():
+                    runs.add(int(fields["group"]))
+            self.watched = any(realtime.watched(run_id) for run_id in runs)
+        return self.watched
+
     def flush(self):
-        """Write what was read in one go, then push it: at most once per FLUSH_INTERVAL
-        in a burst, at once after a quiet spell."""
-        if not self.unapplied and not self.pending_pushes:
+        """Write what was read in one go, then push it to the browsers."""
+        if not self.busy():
             return
         if self.unapplied:
             self.apply(self.unapplied)
@@ -121,11 +151,14 @@ class Command(BaseCommand):
         for run_id in list(self.pending_pushes):
             realtime.run_changed(run_id, sorted(self.pending_pushes.pop(run_id)))
         self.last_flush = time.monotonic()
+        self.watched = None
 
     def apply(self, entries):
         self.changed(services.member_runs_apply(latest_per_member(entries)))
         self.client.xack(self.stream, GROUP, *[entry_id for entry_id, _ in entries])
 
     def changed(self, by_run: dict[int, list[int]]):
+        if by_run and not self.busy():
+            self.busy_since = time.monotonic()
         for run_id, member_ids in by_run.items():
             self.pending_pushes.setdefault(run_id, set()).update(member_ids)
