@@ -13,10 +13,12 @@ The run's work directory holds the source of truth:
   runner for the same run waits for it, so the run's concurrency limit holds
   and no job is claimed by two runners. The kernel releases it when the runner
   dies, however it dies.
-- ``*.journal``: one append-only file per runner; a JSON line per change of a
-  job's state (``{"key": ..., <JobStatus>}``). A job is claimed by a first
-  Running line (no pid yet) written before anything else is done for it, so a
-  job submitted twice never runs twice.
+- ``*.journal``: one append-only file per runner, named in submission order; a
+  JSON line per change of a job's state (``{"key": ..., <JobStatus>}``): Queued
+  when the runner claims it to prepare it, Running without a pid just before it
+  starts, Running with its pid, then how it ended. A job with more than a Queued
+  line is never started again, so a job submitted twice never runs twice; one
+  that a dead runner only prepared is taken again by the next runner.
 - ``cancelled``: the keys of cancelled jobs, a line each. A queued job never
   starts; the runner sends SIGTERM to a running job's group, then SIGKILL after
   a grace period.
@@ -29,7 +31,6 @@ from __future__ import annotations
 
 import collections
 import fcntl
-import json
 import logging
 import os
 import queue
