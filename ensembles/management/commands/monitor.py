@@ -145,12 +145,13 @@ class Command(BaseCommand):
         """Write what was read in one go, then push it to the browsers."""
         if not self.busy():
             return
+        started = time.monotonic()  # windows are counted from flush to flush start, not end
         if self.unapplied:
             self.apply(self.unapplied)
             self.unapplied = []
         for run_id in list(self.pending_pushes):
             realtime.run_changed(run_id, sorted(self.pending_pushes.pop(run_id)))
-        self.last_flush = time.monotonic()
+        self.last_flush = started
         self.watched = None
 
     def apply(self, entries):
