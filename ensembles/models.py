@@ -9,6 +9,7 @@ jsonb does not keep object key order, so parameters are stored as lists.
 from __future__ import annotations
 
 import math
+import os
 import re
 from pathlib import Path
 
@@ -388,11 +389,11 @@ class MemberRun(models.Model):
 
     @property
     def stdout(self) -> str:
-        return str(Path(self.cwd) / f"{self.name}.out")
+        return os.path.join(self.cwd, f"{self.name}.out")
 
     @property
     def stderr(self) -> str:
-        return str(Path(self.cwd) / f"{self.name}.err")
+        return os.path.join(self.cwd, f"{self.name}.err")
 
     @property
     def runtime(self) -> float | None:

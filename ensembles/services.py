@@ -266,7 +266,7 @@ def run_launch(*, user, experiment: Experiment, concurrency: int | None = None) 
             generation=generation,
             work_dir=str(settings.DATA_DIR / "runs" / uuid.uuid4().hex),
         )
-        MemberRun.objects.bulk_create(_member_rows(run, root, ensembles, spaces, models), batch_size=2000)
+        _insert_many(list(_member_rows(run, root, ensembles, spaces, models)))
         _enqueue("run_submit", run.pk)
     return run
 
@@ -507,6 +507,18 @@ def member_runs_apply(statuses: dict[int, JobStatus]) -> dict[int, list[int]]:
     if ended_runs:
         runs_finish(sorted(ended_runs))
     return by_run
+
+
+def _insert_many(objects: list) -> None:
+    """Insert model instances with one prepared statement, without reading their ids
+    back: several times cheaper than bulk_create for thousands of rows (which SQLite
+    splits into INSERTs of ~40 rows)."""
+    model = type(objects[0])
+    fields = [field for field in model._meta.concrete_fields if not field.primary_key]
+    columns = ", ".join(f"{{{field.name}}}" for field in fields)
+    template = f"INSERT INTO {{table}} ({columns}) VALUES ({', '.join(['%s'] * len(fields))})"
+    rows = [tuple(field.pre_save(obj, add=True) for field in fields) for obj in objects]
+    _execute_many(model, template, [field.name for field in fields], rows)
 
 
 def _execute_many(model, template: str, fields: list[str], rows: list[tuple]) -> None:
