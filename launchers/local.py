@@ -33,7 +33,7 @@ import collections
 import fcntl
 import logging
 import os
-import queue
+import selectors
 import signal
 import subprocess
 import sys
@@ -67,54 +67,52 @@ def member_base_env(environ: dict[str, str] | None = None) -> dict[str, str]:
 class EventSink:
     """Pushes journal lines to a Redis stream; never lets Redis trouble stop a job.
 
-    A sender thread sends whatever has accumulated as one stream entry, so
-    starting members never waits for Redis and a burst costs a few round trips,
-    not one per event; ``close()`` sends the rest."""
+    Lines are buffered and go as one stream entry per round trip: the first line
+    after a quiet spell at once, then at most one round trip per LINGER. The
+    owner calls ``send_if_due()`` (``due()`` says when) and ``close()`` at the end.
+    After a failure, pushing pauses for a while: the journals stay the source of
+    truth, and the monitor reconciles from them."""
 
     LINGER = 0.01  # seconds between round trips in a burst
+    PAUSE_AFTER_ERROR = 5.0
 
     def __init__(self, redis_url: str | None, stream: str, group: str):
-        self.redis_url = redis_url
         self.stream = stream
         self.group = group
-        self.queue: queue.SimpleQueue[str | None] = queue.SimpleQueue()
-        self.sender = threading.Thread(target=self._send_batches, daemon=True)
+        self.client = None
         if redis_url:
-            self.sender.start()
+            import redis
+
+            self.client = redis.Redis.from_url(redis_url, socket_timeout=0.5, socket_connect_timeout=0.5)
+        self.lines: list[str] = []
+        self.next_send = 0.0  # monotonic time before which nothing is sent
 
     def emit(self, line: str) -> None:
-        if self.redis_url:
-            self.queue.put(line)
+        if self.client is not None:
+            self.lines.append(line)
 
-    def _send_batches(self) -> None:
-        import redis
+    def due(self) -> float | None:
+        """Seconds until the buffered lines are due (None if there are none)."""
+        if not self.lines:
+            return None
+        return max(0.0, self.next_send - time.monotonic())
 
-        client = redis.Redis.from_url(self.redis_url, socket_timeout=2, socket_connect_timeout=2)
-        done = False
-        last_sent = 0.0
-        while not done:
-            batch = [self.queue.get()]
-            # After a quiet spell an event goes at once; in a burst, at most one round trip per LINGER.
-            time.sleep(max(0.0, last_sent + self.LINGER - time.monotonic()))
-            while len(batch) < 5000:
-                try:
-                    batch.append(self.queue.get_nowait())
-                except queue.Empty:
-                    break
-            done = batch[-1] is None
-            lines = [line for line in batch if line is not None]
-            if not lines:
-                continue
-            last_sent = time.monotonic()
-            try:
-                client.xadd(self.stream, {"group": self.group, "events": "\n".join(lines)}, maxlen=100_000, approximate=True)
-            except Exception as error:  # the journals stay the source of truth
-                log.warning("could not push %d event(s): %s", len(lines), error)
+    def send_if_due(self) -> None:
+        if self.lines and time.monotonic() >= self.next_send:
+            self.send()
+
+    def send(self) -> None:
+        lines, self.lines = self.lines, []
+        self.next_send = time.monotonic() + self.LINGER
+        try:
+            self.client.xadd(self.stream, {"group": self.group, "events": "\n".join(lines)}, maxlen=100_000, approximate=True)
+        except Exception as error:
+            log.warning("could not push %d event(s): %s", len(lines), error)
+            self.next_send = time.monotonic() + self.PAUSE_AFTER_ERROR
 
     def close(self) -> None:
-        if self.sender.is_alive():
-            self.queue.put(None)
-            self.sender.join(timeout=10)
+        if self.lines:
+            self.send()
 
 
 class Journals:
@@ -223,8 +221,9 @@ def _start_detached(main, log_path: Path) -> int:
 
 def _become_runner(log_path: Path) -> None:
     """Shed what the forked process inherited: signal handlers, output, open files."""
-    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2, signal.SIGCHLD):
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR2, signal.SIGCHLD):
         signal.signal(signum, signal.SIG_DFL)
+    signal.signal(signal.SIGUSR1, signal.SIG_IGN)  # a cancel's nudge must not kill it; the runner reads the keys anyway
     signal.pthread_sigmask(signal.SIG_SETMASK, [])
     null = os.open(os.devnull, os.O_RDONLY)
     output = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
@@ -364,15 +363,17 @@ class LocalLauncher(Launcher):
 class Runner:
     """The detached process that runs one submission's jobs; see the module docstring.
 
-    A preparer thread claims jobs in order and prepares them (the ``prepare``
-    hook, the output files) a few jobs ahead of the workers, so that members
-    start one after another without waiting for the disk; worker threads start
-    the prepared jobs in the same order, at most ``concurrency`` at a time, and
-    wait for them.
+    One thread does the work, so that nothing waits for a lock: it starts
+    prepared jobs in order while fewer than ``concurrency`` run, prepares the
+    next few jobs (the ``prepare`` hook, the output files) while members run,
+    and waits on the members' pidfds, on a pipe that SIGUSR1 (cancel) writes to,
+    on the next grace-period deadline and on the next push of events to Redis.
 
     A job's journal lines: Queued (claimed and being prepared: a later runner
     takes it again if this one dies), Running without a pid (being started: from
     here on it is never started again), Running with its pid, then its end."""
+
+    CANCEL_CHECK = 1.0  # seconds: the cancelled keys are read this often even without a signal
 
     def __init__(self, *, work_dir: Path, name: str, jobs: list[JobSpec], group: str, concurrency: int, grace: float,
                  base_env: dict[str, str], redis_url: str | None, stream: str):
@@ -385,66 +386,24 @@ class Runner:
         self.base_env = base_env
         self.redis_url = redis_url
         self.stream = stream
-        self.lock = threading.Lock()
-        self.job_ready = threading.Condition(self.lock)  # for workers: a job was prepared, or the preparers ended
-        self.room = threading.Condition(self.lock)  # for preparers: a prepared job was taken
         self.pending: collections.deque[JobSpec] = collections.deque()  # to prepare
         self.ready: collections.deque[tuple[JobSpec, int, int]] = collections.deque()  # prepared: (job, stdout fd, stderr fd)
         self.ready_limit = max(4, 2 * self.concurrency)
-        self.preparing = True  # until the preparer has taken every job
-        self.running: dict[str, tuple[JobSpec, subprocess.Popen]] = {}
+        self.running: dict[int, tuple[JobSpec, subprocess.Popen, float, int]] = {}  # pidfd -> (job, process, started, pid)
         self.terminated: dict[str, float] = {}  # key -> when SIGTERM was sent
-        self.cancel_requested = threading.Event()
+        self.killed: set[str] = set()  # keys whose group got SIGKILL after the grace period
         self.cancelled: set[str] = set()
 
     def record(self, job: JobSpec, status: JobStatus, *, push: bool = True) -> None:
         line = encode_event(job.key, status)
-        os.write(self.journal, (line + "\n").encode())  # one write to an O_APPEND file: lines never interleave
+        os.write(self.journal, (line + "\n").encode())  # one write to an O_APPEND file
         if push:
             self.events.emit(line)
 
-    def refresh_cancelled(self) -> None:
-        """Read the cancelled keys; jobs not started yet are cancelled at once."""
-        cancelled = _read_cancelled(self.work_dir)
-        with self.lock:
-            self.cancelled = cancelled
-            dropped = [job for job in self.pending if job.key in cancelled]
-            dropped_ready = [entry for entry in self.ready if entry[0].key in cancelled]
-            if dropped or dropped_ready:
-                self.pending = collections.deque(job for job in self.pending if job.key not in cancelled)
-                self.ready = collections.deque(entry for entry in self.ready if entry[0].key not in cancelled)
-                self.room.notify_all()
-                self.job_ready.notify_all()
-        for job, *files in dropped_ready:
-            for fd in files:
-                os.close(fd)
-            dropped.append(job)
-        for job in dropped:
-            self.record(job, JobStatus(JobState.CANCELLED, ended=time.time()))
+    # --- preparing and starting -------------------------------------------------------
 
-    def preparer(self) -> None:
-        try:
-            while True:
-                with self.lock:
-                    while len(self.ready) >= self.ready_limit and self.pending:
-                        self.room.wait()
-                    if not self.pending:
-                        return
-                    job = self.pending.popleft()
-                try:
-                    if files := self.prepare(job):
-                        with self.lock:
-                            self.ready.append((job, *files))
-                            self.job_ready.notify()
-                except Exception:
-                    log.exception("job %s", job.key)
-        finally:
-            with self.lock:
-                self.preparing = False
-                self.job_ready.notify_all()
-
-    def prepare(self, job: JobSpec) -> tuple[int, int] | None:
-        """Run the job's hook and open its output files; None if it failed (and was recorded so)."""
+    def prepare(self, job: JobSpec) -> bool:
+        """Run the job's hook and open its output files; queue it to start, or record its failure."""
         self.record(job, JobStatus(JobState.QUEUED), push=False)  # claimed for preparation
         try:
             if job.prepare:
@@ -452,30 +411,19 @@ class Runner:
             flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC
             out = os.open(job.stdout, flags, 0o644)
             try:
-                return out, os.open(job.stderr, flags, 0o644)
+                err = os.open(job.stderr, flags, 0o644)
             except OSError:
                 os.close(out)
                 raise
         except Exception as error:  # any failure to prepare is the job's failure, told to the user
             now = time.time()
             self.record(job, JobStatus(JobState.FAILED, started=now, ended=now, error=f"could not prepare the job: {error}"))
-            return None
+            return False
+        self.ready.append((job, out, err))
+        return True
 
-    def take(self) -> tuple[JobSpec, int, int] | None:
-        """The next prepared job and its output files (None once every job is taken)."""
-        with self.lock:
-            while not self.ready and (self.pending or self.preparing):
-                self.job_ready.wait()
-            if not self.ready:
-                return None
-            self.room.notify()
-            return self.ready.popleft()
-
-    def run_one(self, job: JobSpec, out: int, err: int) -> None:
+    def start(self, job: JobSpec, out: int, err: int) -> None:
         try:
-            if job.key in self.cancelled:  # cancelled while it was being prepared
-                self.record(job, JobStatus(JobState.CANCELLED, ended=time.time()))
-                return
             started = time.time()
             self.record(job, JobStatus(JobState.RUNNING, started=started), push=False)  # never started twice from here on
             try:
@@ -496,18 +444,22 @@ class Runner:
         finally:
             os.close(out)
             os.close(err)
-        with self.lock:
-            self.running[job.key] = (job, process)
-            cancelled = job.key in self.cancelled
+        pidfd = os.pidfd_open(process.pid)  # readable once the process has exited (even if it already has)
+        self.running[pidfd] = (job, process, started, process.pid)
+        self.selector.register(pidfd, selectors.EVENT_READ)
         self.record(job, JobStatus(JobState.RUNNING, job_id=str(process.pid), started=started))
-        if cancelled:
-            self.cancel_requested.set()  # cancelled while it was starting
-        returncode = process.wait()
+        if job.key in self.cancelled:  # cancelled while it was being prepared
+            self.terminate(job, process.pid)
+
+    def reap(self, pidfd: int) -> None:
+        job, process, started, pid = self.running.pop(pidfd)
+        self.selector.unregister(pidfd)
+        os.close(pidfd)
+        _, wait_status = os.waitpid(pid, 0)
+        process.returncode = returncode = os.waitstatus_to_exitcode(wait_status)
         ended = time.time()
-        with self.lock:
-            self.running.pop(job.key, None)
-            cancelled = self.terminated.pop(job.key, None) is not None
-        if cancelled:
+        self.killed.discard(job.key)
+        if self.terminated.pop(job.key, None) is not None:
             state = JobState.CANCELLED
         else:
             state = JobState.COMPLETED if returncode == 0 else JobState.FAILED
@@ -515,7 +467,7 @@ class Runner:
             job,
             JobStatus(
                 state,
-                job_id=str(process.pid),
+                job_id=str(pid),
                 returncode=returncode if returncode >= 0 else None,
                 signal=-returncode if returncode < 0 else None,
                 started=started,
@@ -523,40 +475,58 @@ class Runner:
             ),
         )
 
-    def worker(self) -> None:
-        while (taken := self.take()) is not None:
-            try:
-                self.run_one(*taken)
-            except Exception:
-                log.exception("job %s", taken[0].key)
+    # --- cancelling -------------------------------------------------------------------
 
-    def canceller(self) -> None:
-        """Terminate the groups of cancelled running jobs; kill them after the grace period."""
-        while True:
-            # Woken by SIGUSR1; the file is read every second too, in case a signal came too early.
-            self.cancel_requested.wait(timeout=1.0)
-            self.cancel_requested.clear()
-            self.refresh_cancelled()
-            if not self.cancelled:
+    def refresh_cancelled(self) -> None:
+        """Read the cancelled keys: jobs not started yet are cancelled at once, running ones terminated."""
+        self.cancelled = _read_cancelled(self.work_dir)
+        if not self.cancelled:
+            return
+        for job in [job for job in self.pending if job.key in self.cancelled]:
+            self.pending.remove(job)
+            self.record(job, JobStatus(JobState.CANCELLED, ended=time.time()))
+        for entry in [entry for entry in self.ready if entry[0].key in self.cancelled]:
+            self.ready.remove(entry)
+            job, out, err = entry
+            os.close(out)
+            os.close(err)
+            self.record(job, JobStatus(JobState.CANCELLED, ended=time.time()))
+        for job, _, _, pid in list(self.running.values()):
+            if job.key in self.cancelled and job.key not in self.terminated:
+                self.terminate(job, pid)
+
+    def terminate(self, job: JobSpec, pid: int) -> None:
+        self.terminated[job.key] = time.monotonic()
+        try:
+            os.killpg(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+
+    def escalate(self) -> float | None:
+        """SIGKILL the groups that outlived their grace period; seconds until the next deadline."""
+        now = time.monotonic()
+        next_deadline = None
+        for job, _, _, pid in self.running.values():
+            sent = self.terminated.get(job.key)
+            if sent is None or job.key in self.killed:
                 continue
-            now = time.time()
-            with self.lock:
-                running = list(self.running.values())
-            for job, process in running:
-                with self.lock:
-                    sent = self.terminated.get(job.key)
-                    if sent is None and job.key in self.cancelled:
-                        self.terminated[job.key] = now
+            if now - sent >= self.grace:
                 try:
-                    if sent is None and job.key in self.terminated:
-                        os.killpg(process.pid, signal.SIGTERM)
-                    elif sent is not None and now - sent >= self.grace:
-                        os.killpg(process.pid, signal.SIGKILL)
+                    os.killpg(pid, signal.SIGKILL)
                 except ProcessLookupError:
                     pass
+                self.killed.add(job.key)
+            else:
+                left = sent + self.grace - now
+                next_deadline = left if next_deadline is None else min(next_deadline, left)
+        return next_deadline
+
+    # --- the loop ---------------------------------------------------------------------
 
     def run(self) -> None:
-        signal.signal(signal.SIGUSR1, lambda signum, frame: self.cancel_requested.set())
+        wake_read, wake_write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        signal.set_wakeup_fd(wake_write)
+        signal.signal(signal.SIGUSR1, lambda signum, frame: None)  # its byte on the pipe wakes the loop
         self.run_lock = _lock_run(self.work_dir, wait=True)  # an earlier runner of this run finishes first
         recorded = Journals.read(self.work_dir)
         # Jobs claimed but never started by a runner that died are taken again.
@@ -565,12 +535,29 @@ class Runner:
         )
         self.journal = os.open(self.work_dir / f"{self.name}{JOURNAL_SUFFIX}", os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
         self.events = EventSink(self.redis_url, self.stream, self.group)
+        self.selector = selectors.DefaultSelector()
+        self.selector.register(wake_read, selectors.EVENT_READ)
         self.refresh_cancelled()
-        threading.Thread(target=self.canceller, daemon=True).start()
-        threads = [threading.Thread(target=self.preparer)]
-        threads += [threading.Thread(target=self.worker) for _ in range(min(self.concurrency, len(self.pending)))]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
+        last_check = time.monotonic()
+        while self.pending or self.ready or self.running:
+            while len(self.running) < self.concurrency and (self.ready or self.pending):
+                if self.ready or self.prepare(self.pending.popleft()):
+                    self.start(*self.ready.popleft())
+            # Prepare ahead while members run, but look for exits between two preparations.
+            timeout = 0 if self.pending and len(self.ready) < self.ready_limit else self.CANCEL_CHECK
+            for deadline in (self.escalate(), self.events.due()):
+                if deadline is not None:
+                    timeout = min(timeout, deadline)
+            for key, _ in self.selector.select(timeout):
+                if key.fd == wake_read:
+                    os.read(wake_read, 4096)  # the signals' bytes
+                    last_check = 0.0  # a cancel: read the keys now
+                else:
+                    self.reap(key.fd)
+            if time.monotonic() - last_check >= self.CANCEL_CHECK:
+                self.refresh_cancelled()
+                last_check = time.monotonic()
+            self.events.send_if_due()
+            if self.pending and len(self.ready) < self.ready_limit and len(self.running) >= self.concurrency:
+                self.prepare(self.pending.popleft())
         self.events.close()

@@ -182,3 +182,17 @@ def test_jobs_a_dead_runner_never_started_can_be_submitted_again(launcher, tmp_p
     assert result["s0"].state == JobState.LOST
     assert [result[k].state for k in ("s1", "s2")] == [JobState.COMPLETED] * 2
     assert [(tmp_path / k / f"{k}.out").read_text() for k in ("s1", "s2")] == ["ran\n", "ran\n"]
+
+
+def test_a_runner_waiting_for_its_turn_survives_a_cancel_and_honours_it(launcher, tmp_path):
+    sleeper = [PY, "-c", "import time; print('ran', flush=True); time.sleep(60)"]
+    first, second = [job(tmp_path, "a", sleeper)], [job(tmp_path, "b", sleeper)]
+    launcher.submit(first, group="g13", concurrency=1)
+    wait_for(lambda: launcher.status(first)["a"].state == JobState.RUNNING)
+    launcher.submit(second, group="g13", concurrency=1)  # waits for the first runner
+    launcher.cancel(second, group="g13")  # both runners are nudged
+    launcher.cancel(first, group="g13")
+    result = settle(launcher, first + second, timeout=15)
+    assert (result["a"].state, result["a"].signal) == (JobState.CANCELLED, signal.SIGTERM)
+    assert result["b"].state == JobState.CANCELLED and result["b"].job_id is None
+    wait_for(lambda: not launcher.runner_alive())
