@@ -95,6 +95,8 @@ def time_launch(stack: Stack, user, name: str, run_settings: dict) -> dict:
     cpu["bench"] = time.process_time() - own_cpu  # run_launch and the 10 ms polling
 
     completed = MemberRun.objects.filter(run_id=run.pk, status=MemberStatus.COMPLETED).count()
+    others = list(MemberRun.objects.filter(run_id=run.pk).exclude(status=MemberStatus.COMPLETED)
+                  .values("pk", "name", "status", "returncode", "signal", "error", "job_id")[:5])
     run = Run.objects.get(pk=run.pk)
     queued = StatusEvent.objects.filter(run_id=run.pk, status=MemberStatus.QUEUED).order_by("at").values_list("at", flat=True)
     recorded = [status for _, status in Journals.read(Path(run.work_dir)).values()]
@@ -103,6 +105,7 @@ def time_launch(stack: Stack, user, name: str, run_settings: dict) -> dict:
     return {
         "s": elapsed,
         "completed": completed,
+        "others": others,
         "run_launch_call_s": launched,
         "claimed_at_s": run.claimed_at.timestamp() - t0 if run.claimed_at else float("nan"),
         "queued_at_s": queued[0].timestamp() - t0 if queued else float("nan"),
@@ -135,7 +138,7 @@ def main():
                 before = time_xargs(argv)
                 launch = time_launch(stack, user, f"bench-{name}-{trial}", run_settings)
                 after = time_xargs(argv)
-                assert launch["completed"] == MEMBERS, f"{name}: only {launch['completed']} of {MEMBERS} completed"
+                assert launch["completed"] == MEMBERS, f"{name}: only {launch['completed']} of {MEMBERS} completed: {launch['others']}"
                 launch["xargs_s"] = (before + after) / 2
                 launch["ratio"] = launch["s"] / launch["xargs_s"]
                 trials.append(launch)

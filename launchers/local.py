@@ -187,9 +187,11 @@ def _pid_alive(pid: int) -> bool:
         return True
 
 
-def _start_detached(main, log_path: Path) -> int:
+def _start_detached(main, log_path: Path, pid_path: Path) -> int:
     """Run ``main()`` in a forked process that belongs to nobody (its own session,
-    adopted by init), with its output going to ``log_path``; returns its pid."""
+    adopted by init), with its output going to ``log_path``; returns its pid. The
+    process writes ``pid_path`` before anything else, so that nobody ever sees its
+    work without it (a member it started, say, taken for an orphan)."""
     read_end, write_end = os.pipe()
     child = os.fork()
     if child == 0:
@@ -203,6 +205,7 @@ def _start_detached(main, log_path: Path) -> int:
                 status = 0
             else:
                 os.close(write_end)
+                pid_path.write_text(str(os.getpid()))
                 _become_runner(log_path)
                 main()
                 status = 0
@@ -292,10 +295,9 @@ class LocalLauncher(Launcher):
             stream=self.stream,
         )
         try:
-            pid = _start_detached(runner.run, self.work_dir / f"{name}.log")
+            _start_detached(runner.run, self.work_dir / f"{name}.log", self.work_dir / f"{name}.pid")
         except OSError as error:
             raise LauncherError(f"could not start the local runner: {error}") from None
-        (self.work_dir / f"{name}.pid").write_text(str(pid))
 
     # --- observing --------------------------------------------------------------
 
