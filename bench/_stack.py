@@ -63,9 +63,7 @@ def _claim_redis_db(url: str) -> tuple[str, int | None]:
 
 class Stack:
     def __init__(self, prefix: str):
-        # Under var/, where Flotilla keeps its data by default (FLOTILLA_DATA_DIR), not in /tmp:
-        # on the VM these figures were first taken on, creating files in /tmp was 10-20x
-        # slower than anywhere else on the same disk (1000 x mkdir + 3 files: 2.4 s vs 0.11 s).
+        # Under var/, where Flotilla keeps its data by default (FLOTILLA_DATA_DIR).
         (BASE_DIR / "var").mkdir(exist_ok=True)
         self.data = Path(tempfile.mkdtemp(prefix=f"bench-{prefix}-", dir=BASE_DIR / "var"))
         self.logs = self.data / "logs"
