@@ -23,6 +23,7 @@ points at. Prints name=value lines; the last is the headline launch_ratio.
 """
 
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -41,6 +42,7 @@ TIMEOUT = float(os.environ.get("BENCH_TIMEOUT", "600"))
 # This machine's disk and CPU vary a lot from one second to the next: each case is
 # measured several times, and the ratio printed is the median.
 TRIALS = int(os.environ.get("BENCH_TRIALS", "3"))
+RUNNER_CPU = re.compile(r"runner cpu_s=([0-9.]+)")
 
 
 def time_xargs(argv: list[str]) -> float:
@@ -100,6 +102,10 @@ def time_launch(stack: Stack, user, name: str, run_settings: dict) -> dict:
     run = Run.objects.get(pk=run.pk)
     queued = StatusEvent.objects.filter(run_id=run.pk, status=MemberStatus.QUEUED).order_by("at").values_list("at", flat=True)
     recorded = [status for _, status in Journals.read(Path(run.work_dir)).values()]
+    # The runner is detached (its own session): its CPU comes from the line it logs at the end.
+    cpu["runner"] = sum(
+        float(match) for log in Path(run.work_dir).glob("runner-*.log") for match in RUNNER_CPU.findall(log.read_text())
+    )
     started = [status.started or 0 for status in recorded]
     ended = [status.ended or 0 for status in recorded]
     return {
@@ -155,7 +161,7 @@ def main():
             print(f"{name}_ratios=" + ",".join(f"{t['ratio']:.2f}" for t in trials))
             median = sorted(trials, key=lambda t: t["ratio"])[(len(trials) - 1) // 2]  # its phases are printed
             for key in ("run_launch_call_s", "claimed_at_s", "queued_at_s", "first_start_s", "last_exit_s", "db_all_terminal_s",
-                        "worker_cpu_s", "monitor_cpu_s", "bench_cpu_s"):
+                        "runner_cpu_s", "worker_cpu_s", "monitor_cpu_s", "bench_cpu_s"):
                 print(f"{name}_{key}={median[key]:.3f}")
             print(f"{name}_s={median['s']:.3f}")
             print(f"{name}_xargs_s={median['xargs_s']:.3f}")

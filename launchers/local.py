@@ -33,6 +33,7 @@ import collections
 import fcntl
 import logging
 import os
+import resource
 import selectors
 import signal
 import subprocess
@@ -563,3 +564,6 @@ class Runner:
             if self.pending and len(self.ready) < self.ready_limit and len(self.running) >= self.concurrency:
                 self.prepare(self.pending.popleft())
         self.events.close()
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        log.info("ran %d jobs; runner cpu_s=%.3f (user %.3f, system %.3f)",
+                 len(self.jobs), usage.ru_utime + usage.ru_stime, usage.ru_utime, usage.ru_stime)
