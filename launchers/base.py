@@ -11,7 +11,7 @@ from __future__ import annotations
 import importlib
 import json
 from abc import ABC, abstractmethod
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
@@ -51,9 +51,6 @@ class JobSpec:
     # Work to do just before the job starts, by whoever starts it (once, after claiming it):
     # {"hook": "package.module:function", "kwargs": {...}}; the hook is plain Python.
     prepare: dict[str, Any] | None = None
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 @dataclass

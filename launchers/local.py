@@ -451,8 +451,6 @@ class Runner:
         self.running[pidfd] = (job, process, started, process.pid)
         self.selector.register(pidfd, selectors.EVENT_READ)
         self.record(job, JobStatus(JobState.RUNNING, job_id=str(process.pid), started=started))
-        if job.key in self.cancelled:  # cancelled while it was being prepared
-            self.terminate(job, process.pid)
 
     def reap(self, pidfd: int) -> None:
         job, process, started, pid = self.running.pop(pidfd)
