@@ -23,8 +23,9 @@ The run's work directory holds the source of truth:
   starts; the runner sends SIGTERM to a running job's group, then SIGKILL after
   a grace period.
 
-Every journal line is also pushed to a Redis stream at once, batched into one
-entry per round trip (``{"group": <the submission's group>, "events": "<line>\\n<line>..."}``).
+The lines that say a job started (with its pid) or ended are also pushed to a
+Redis stream at once, batched into one entry per round trip
+(``{"group": <the submission's group>, "events": "<line>\\n<line>..."}``).
 """
 
 from __future__ import annotations
