@@ -11,7 +11,7 @@ import redis
 from django.conf import settings
 
 from launchers.base import JobSpec, JobState, decode_event
-from launchers.local import LocalLauncher
+from launchers.local import EventSink, LocalLauncher
 from tests.conftest import wait_for
 
 pytestmark = pytest.mark.integration
@@ -196,3 +196,21 @@ def test_a_runner_waiting_for_its_turn_survives_a_cancel_and_honours_it(launcher
     assert (result["a"].state, result["a"].signal) == (JobState.CANCELLED, signal.SIGTERM)
     assert result["b"].state == JobState.CANCELLED and result["b"].job_id is None
     wait_for(lambda: not launcher.runner_alive())
+
+
+def test_events_in_a_burst_share_stream_entries(stream):
+    sink = EventSink(settings.REDIS_URL, stream, "g14")
+    sink.LINGER = 60.0  # seconds: nothing in this test waits for it
+
+    def entries():
+        stored = redis.Redis.from_url(settings.REDIS_URL, decode_responses=True).xrange(stream)
+        return [(fields["group"], fields["events"]) for _, fields in stored]
+
+    sink.emit("one")
+    sink.send_if_due()  # the first event after a quiet spell goes at once
+    sink.emit("two")
+    sink.emit("three")
+    sink.send_if_due()  # within LINGER of the last round trip: held back
+    assert entries() == [("g14", "one")] and sink.due() > 0
+    sink.close()
+    assert entries() == [("g14", "one"), ("g14", "two\nthree")]
