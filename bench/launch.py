@@ -137,6 +137,8 @@ def main():
             ("launch", {"exe": "/bin/true"}, ["/bin/true"]),
             ("launch_python", {"exe": sys.executable, "exe_args": ["-c", "pass"]}, [sys.executable, "-c", "pass"]),
         ]
+        only = os.environ.get("BENCH_CASES")  # e.g. "launch_python": measure only these cases
+        cases = [case for case in cases if not only or case[0] in only.split(",")]
         results = {}
         for name, run_settings, argv in cases:
             trials = []
@@ -165,7 +167,7 @@ def main():
                 print(f"{name}_{key}={median[key]:.3f}")
             print(f"{name}_s={median['s']:.3f}")
             print(f"{name}_xargs_s={median['xargs_s']:.3f}")
-        for name in ("launch_python", "launch"):
+        for name in [name for name in ("launch_python", "launch") if name in results]:
             print(f"{name}_ratio={statistics.median(t['ratio'] for t in results[name]):.2f}")
     finally:
         stack.close()

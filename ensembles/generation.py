@@ -187,6 +187,17 @@ def discard_later(paths: list[Path]) -> threading.Thread | None:
     return thread
 
 
+def _write_new(path: Path, data: bytes) -> None:
+    """Write a file in the folder just created: two syscalls fewer than open()'s text file."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+    finally:
+        os.close(fd)
+
+
 def _move_aside(path: Path) -> Path:
     trash = path.with_name(f"{TRASH_PREFIX}{path.name}-{uuid.uuid4().hex[:8]}")
     os.rename(path, trash)
@@ -225,6 +236,8 @@ class Generator:
     def generate(self, directory: Path, name: str, params: Mapping[str, Any], *, trash: list[Path]) -> dict:
         """Create ``directory`` for one member; an existing one is moved aside into ``trash``."""
         try:
+            os.mkdir(directory)  # its parent usually exists: one syscall
+        except FileNotFoundError:
             os.makedirs(directory)
         except FileExistsError:  # a file, a link or an earlier generation
             trash.append(_move_aside(directory))
@@ -248,8 +261,7 @@ class Generator:
                 out.write(rendered.text)
             configured[relative] = rendered.used
         record = {"name": name, "params": dict(params), "configured": configured}
-        with open(directory / RECORD_FILE_NAME, "w", encoding="utf-8") as out:
-            out.write(json.dumps(record, default=str))  # dumps: the C encoder
+        _write_new(directory / RECORD_FILE_NAME, json.dumps(record, default=str).encode())  # dumps: the C encoder
         return record
 
 

@@ -112,7 +112,7 @@ class Launcher(ABC):
         Submitting a job that was already submitted must not run it twice."""
 
     @abstractmethod
-    def status(self, jobs: list[JobSpec]) -> dict[str, JobStatus]:
+    def status(self, keys: list[str]) -> dict[str, JobStatus]:
         """The state of each job, by key, in one batched query."""
 
     @abstractmethod

@@ -1,10 +1,12 @@
 """Shared fixtures: the personas alice, bob (same role, different owner) and charlie (staff)."""
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import redis
@@ -13,6 +15,13 @@ from django.conf import settings
 from ensembles import services
 
 PASSWORD = "correct-horse-battery"
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """Remove the session's own data folder (webapp/settings_test.py), not one the environment chose."""
+    data = Path(settings.DATA_DIR)
+    if data.name == f"session-{os.getpid()}" and data.parent.name == "test-data":
+        shutil.rmtree(data, ignore_errors=True)
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from ensembles import services
-from ensembles.launching import job_spec, launcher_for
+from ensembles.launching import launcher_for
 from ensembles.models import MemberRun, MemberStatus, Run, TERMINAL_STATUSES
 from launchers.base import JobState
 from tests.conftest import wait_for, worker_process
@@ -113,7 +113,7 @@ def test_a_monitor_killed_mid_run_catches_up_within_5_seconds(stack, stack_env, 
     # members keep running and exiting while nobody watches
     wait_for(lambda: all(
         status.state == JobState.COMPLETED
-        for status in launcher_for(run).status([job_spec(m) for m in members_of(run)]).values()
+        for status in launcher_for(run).status([str(m.pk) for m in members_of(run)]).values()
     ), message="all exited, as the runner recorded")
     stack["monitor"].start()
     members = wait_for(lambda: all_terminal(run), timeout=5, message="DB caught up after restart")
@@ -137,3 +137,33 @@ def test_a_worker_killed_while_submitting_1000_members_loses_none_and_runs_none_
     assert {m.status for m in members} == {"Completed"}
     lines = ledger.read_text().split()
     assert len(lines) == 1000 and len(set(lines)) == 1000  # every member ran exactly once
+
+
+def test_reconcile_resubmits_members_whose_runner_died_before_starting_them_with_their_files(db, alice, monkeypatch):
+    """A runner that died before its first line leaves Queued members nobody runs:
+    the monitor's reconcile submits them again, and they still get their directories."""
+    from django.core.files.uploadedfile import SimpleUploadedFile
+
+    from launchers.local import LocalLauncher
+
+    experiment = services.experiment_create(owner=alice, name="orphans")
+    ensemble = services.ensemble_save(experiment=experiment, spec={
+        "name": "orph",
+        "params": [{"name": "n", "values": "1, 2"}],
+        "run_settings": {"exe": PY, "exe_args": ["-c", "print(open('input.cfg').read())"]},
+    })
+    services.file_attach_upload(owner=ensemble, uploaded_file=SimpleUploadedFile("input.cfg", b"n = ;n;\n"),
+                                action="configure", user=alice)
+    run = services.run_launch(user=alice, experiment=experiment)  # in the test's transaction: nothing is enqueued
+    with monkeypatch.context() as patched:
+        patched.setattr(LocalLauncher, "submit", lambda self, jobs, **options: None)  # the runner dies at once
+        assert services.run_submit(run_id=run.pk)
+    assert [m.status for m in members_of(run)] == ["Queued", "Queued"]
+
+    services.runs_reconcile()
+    launcher = launcher_for(run)
+    keys = [str(m.pk) for m in members_of(run)]
+    wait_for(lambda: all(s.state.terminal for s in launcher.status(keys).values()), message="orphans ran")
+    assert [s.state for s in launcher.status(keys).values()] == [JobState.COMPLETED] * 2
+    assert [Path(m.stdout).read_text() for m in members_of(run)] == ["n = 1\n\n", "n = 2\n\n"]
+    wait_for(lambda: not launcher.runner_alive())

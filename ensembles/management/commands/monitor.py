@@ -6,8 +6,8 @@ restart), writes status changes in bulk, and pushes coalesced updates to the
 browsers. An event after a quiet spell is written and pushed at once. In a
 burst, a run that a browser watches is written and pushed every 80 ms (one
 websocket message per run each time); when nobody watches, writes wait until
-the burst pauses for 20 ms, or at most 500 ms, so that a long run costs few
-transactions. Every few seconds, and at start, it reconciles unfinished members
+the burst pauses for 20 ms, or a runner sends its last entry, or at most 500
+ms, so that a long run costs few transactions. Every few seconds, and at start, it reconciles unfinished members
 from what the launchers recorded (the source of truth), and resumes submissions
 whose worker died.
 """
@@ -94,7 +94,8 @@ class Command(BaseCommand):
                     time.sleep(UNWATCHED_QUIET)  # then one read takes whatever came meanwhile
                     more = self.read(">")
                     self.take(more)
-                    if not more or time.monotonic() - self.busy_since >= UNWATCHED_INTERVAL:
+                    if (not more or any(fields.get("last") for _, fields in more)
+                            or time.monotonic() - self.busy_since >= UNWATCHED_INTERVAL):
                         self.flush()
             except (redis.RedisError, OSError) as error:
                 log.warning("monitor: %s; retrying", error)
