@@ -122,7 +122,7 @@ class Stack:
         )
 
     def start_monitor(self) -> subprocess.Popen:
-        profile = ["-m", "cProfile", "-o", os.environ["BENCH_PROFILE_MONITOR"]] if os.environ.get("BENCH_PROFILE_MONITOR") else []
+        profile = [str(BASE_DIR / "bench" / "_cpuprofile.py")] if os.environ.get("BENCH_PROFILE_MONITOR") else []
         return self.start("monitor", [sys.executable, *profile, str(BASE_DIR / "manage.py"), "monitor"])
 
     def start_daphne(self, port: int) -> subprocess.Popen:

@@ -6,10 +6,10 @@ restart), writes status changes in bulk, and pushes coalesced updates to the
 browsers. An event after a quiet spell is written and pushed at once. In a
 burst, a run that a browser watches is written and pushed every 80 ms (one
 websocket message per run each time); when nobody watches, writes wait until
-the burst pauses for 20 ms, or a runner sends its last entry, or at most 500
-ms, so that a long run costs few transactions. Every few seconds, and at start, it reconciles unfinished members
-from what the launchers recorded (the source of truth), and resumes submissions
-whose worker died.
+the burst pauses for 50 ms, or a runner sends its last entry, or at most 500
+ms, so that a long run costs few transactions and few reads. Every few seconds,
+and at start, it reconciles unfinished members from what the launchers recorded
+(the source of truth), and resumes submissions whose worker died.
 """
 
 import logging
@@ -29,7 +29,7 @@ from launchers.base import JobState, JobStatus, decode_event
 log = logging.getLogger("flotilla.monitor")
 GROUP = "monitor"
 FLUSH_INTERVAL = 0.08  # in a burst, write and push at most this often: ~12 messages/s per browser
-UNWATCHED_QUIET = 0.02  # nobody watches: write once the stream is quiet this long...
+UNWATCHED_QUIET = 0.05  # nobody watches: write once the stream is quiet this long...
 UNWATCHED_INTERVAL = 0.5  # ...or once the oldest unwritten event is this old
 RECONCILE_INTERVAL = 5.0
 
