@@ -5,9 +5,9 @@ concurrency = os.cpu_count(): services.run_launch (committed, so its on_commit
 enqueues run_submit) -> a real Celery worker process hands the members to the
 local runner, which generates each member's directory just before starting it
 and pushes events to a fresh Redis stream -> a real monitor process writes them
-to the database. The clock stops when the bench, polling the database every
-10 ms (or 0.5% of the time so far), sees the run finished (the monitor sets Run.finished once every member is
-terminal). The baseline runs the same 1000 commands with `xargs -P <cpus> -n 1`
+to the database. The clock stops when the bench sees the run finished in the
+database (the monitor sets Run.finished once every member is terminal): it
+waits for the runner's exit on a pidfd, using no CPU, then polls every 1 ms. The baseline runs the same 1000 commands with `xargs -P <cpus> -n 1`
 (each gets its index as one extra argument), timed just before and just after
 the launch and averaged.
 
@@ -24,6 +24,7 @@ points at. Prints name=value lines; the last is the headline launch_ratio.
 
 import os
 import re
+import select
 import statistics
 import subprocess
 import sys
@@ -55,6 +56,36 @@ def time_xargs(argv: list[str]) -> float:
     return time.perf_counter() - start
 
 
+def wait_for_runners(stack: Stack, work_dir: Path, start: float) -> None:
+    """Wait, using no CPU, until the run's runners have ended: the bench's own
+    polling would take CPU away from the stack it measures. A runner's pidfd
+    becomes readable when it exits (it is not our child: its pid file names it)."""
+    waited: set[str] = set()
+    while time.perf_counter() - start < TIMEOUT:
+        stack.check_alive()
+        pids = {}
+        for pid_file in work_dir.glob("runner-*.pid"):
+            if pid_file.name not in waited and (text := pid_file.read_text()):
+                pids[pid_file.name] = int(text)
+        if not pids:
+            if waited:
+                return
+            time.sleep(0.005)  # the worker has not started the runner yet
+            continue
+        for name, pid in pids.items():
+            waited.add(name)
+            try:
+                pidfd = os.pidfd_open(pid)
+            except ProcessLookupError:
+                continue  # already gone
+            try:
+                while not select.select([pidfd], [], [], 1.0)[0]:
+                    stack.check_alive()
+            finally:
+                os.close(pidfd)
+    raise RuntimeError(f"the runners of {work_dir} still run after {TIMEOUT} s")
+
+
 def time_launch(stack: Stack, user, name: str, run_settings: dict) -> dict:
     from django.db import connection
 
@@ -72,23 +103,18 @@ def time_launch(stack: Stack, user, name: str, run_settings: dict) -> dict:
     start = time.perf_counter()
     run = services.run_launch(user=user, experiment=experiment, concurrency=CPUS)  # autocommit: enqueued on commit
     launched = time.perf_counter() - start
-    # Run.finished is set once every member is terminal in the database; a raw query
-    # keeps the bench's own polling from taking CPU away from the stack it measures.
+    wait_for_runners(stack, Path(run.work_dir), start)
+    # Run.finished is set once every member is terminal in the database. Polled every
+    # millisecond from here on, with the driver's own cursor (no Django wrapper per poll).
     connection.ensure_connection()
     finished_sql = f"SELECT finished FROM {Run._meta.db_table} WHERE id = {int(run.pk)}"
-    polls = 0
-    cursor = connection.connection.cursor()  # the driver's own: no Django wrapper per poll
+    cursor = connection.connection.cursor()
     try:
         while cursor.execute(finished_sql) and cursor.fetchone()[0] is None:
-            polls += 1
-            if polls % 100 == 0:
-                stack.check_alive()
             if time.perf_counter() - start > TIMEOUT:
                 unfinished = MemberRun.objects.filter(run_id=run.pk).exclude(status__in=TERMINAL_STATUSES).count()
                 raise RuntimeError(f"{name}: {unfinished} members still unfinished after {TIMEOUT} s")
-            # Every 10 ms, or 0.5% of the time so far if longer: the bench's own polling
-            # takes CPU away from the stack it measures.
-            time.sleep(max(0.01, (time.perf_counter() - start) / 200))
+            time.sleep(0.001)
     finally:
         cursor.close()
     elapsed = time.perf_counter() - start

@@ -80,7 +80,7 @@ class EventSink:
     pauses for a while: the journals stay the source of truth, and the monitor
     reconciles from them."""
 
-    LINGER = 0.01  # seconds between entries in a burst
+    LINGER = 0.025  # seconds between entries in a burst
     PAUSE_AFTER_ERROR = 5.0
 
     def __init__(self, redis_url: str | None, stream: str, group: str):
@@ -491,7 +491,7 @@ class Runner:
                 setsigdef=(signal.SIGPIPE, signal.SIGXFSZ),  # ignored by Python, default for any program (as Popen does)
             )
         finally:
-            os.chdir(self.home)
+            os.fchdir(self.home)
 
     def reap(self, pidfd: int) -> None:
         job, started, pid = self.running.pop(pidfd)
@@ -566,7 +566,7 @@ class Runner:
     # --- the loop ---------------------------------------------------------------------
 
     def run(self) -> None:
-        self.home = os.getcwd()
+        self.home = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)  # the caller's folder: relative paths keep their meaning
         wake_read, wake_write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         signal.set_wakeup_fd(wake_write)
         signal.signal(signal.SIGUSR1, lambda signum, frame: None)  # its byte on the pipe wakes the loop
