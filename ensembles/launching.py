@@ -27,6 +27,10 @@ def launcher_for(run: Run) -> Launcher:
     raise LauncherError(f"The {run.launcher} launcher is not available yet; use the local launcher.")
 
 
+# What job_spec reads of a member (with files_key and status): load members with .only(*JOB_FIELDS).
+JOB_FIELDS = ("run", "kind", "entity", "name", "params", "param_names", "argv", "env", "cwd", "status")
+
+
 def job_spec(member: MemberRun, *, files: dict | None = None, roots: list[str] = ()) -> JobSpec:
     """The member as a launcher job; with ``files``, the job generates its directory
     (ensembles.generation.prepare_member) just before it starts."""

@@ -27,7 +27,7 @@ from launchers.base import JobSpec, JobState, JobStatus, LauncherError
 
 from . import realtime, specs
 from .generation import RECORD_FILE_NAME, FileRefused, Generator, check_configurable, resolve_source
-from .launching import STATE_TO_STATUS, job_spec, launcher_for
+from .launching import JOB_FIELDS, STATE_TO_STATUS, job_spec, launcher_for
 from .models import (
     STATUS_RANK,
     TERMINAL_STATUSES,
@@ -332,7 +332,7 @@ def run_submit(*, run_id: int) -> bool:
     run = Run.objects.get(pk=run_id)
     try:
         launcher = launcher_for(run)
-        members = list(run.members.filter(latest=True, status=MemberStatus.NEW).order_by("position"))
+        members = list(run.members.filter(latest=True, status=MemberStatus.NEW).order_by("position").only(*JOB_FIELDS))
         _submit_members(run, launcher, members)
     except LauncherError as error:
         Run.objects.filter(pk=run_id).update(submit_state=SubmitState.FAILED, submit_error=str(error))
@@ -600,7 +600,7 @@ def runs_reconcile() -> dict[int, list[int]]:
             changed.setdefault(run_id, []).extend(ids)
         queued = [pk for pk, status in members if status == MemberStatus.QUEUED]
         if queued and not launcher.runner_alive():
-            queued_members = list(MemberRun.objects.filter(pk__in=queued).order_by("position"))
+            queued_members = list(MemberRun.objects.filter(pk__in=queued).order_by("position").only(*JOB_FIELDS))
             orphans = launcher.unstarted(_generating_jobs(run, queued_members, _file_roots()))
             if orphans:
                 launcher.submit(orphans, group=str(run.pk), concurrency=run.concurrency)
