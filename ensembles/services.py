@@ -266,30 +266,30 @@ def run_launch(*, user, experiment: Experiment, concurrency: int | None = None) 
             generation=generation,
             work_dir=str(settings.DATA_DIR / "runs" / uuid.uuid4().hex),
         )
-        _insert_many(list(_member_rows(run, root, ensembles, spaces, models)))
+        _insert_many(MemberRun, list(_member_rows(root, ensembles, spaces, models)), run=run)
         _enqueue("run_submit", run.pk)
     return run
 
 
-def _member_rows(run, root, ensembles, spaces, models):
+def _member_rows(root, ensembles, spaces, models):
+    """The run's members as MemberRun field values (by attname), in order."""
     position = 0
 
     def row(kind, entity, name, params, settings_, params_as_args, key_prefixing, cwd, ensemble=None):
         nonlocal position
         position += 1
-        return MemberRun(
-            run=run,
-            ensemble=ensemble,
-            kind=kind,
-            entity=entity,
-            name=name,
-            position=position,
-            params=params,
-            param_names=list(params),
-            argv=specs.member_argv(settings_, params, params_as_args),
-            env=specs.member_env(settings_, name, key_prefixing=key_prefixing),
-            cwd=str(cwd),
-        )
+        return {
+            "ensemble_id": ensemble.pk if ensemble else None,
+            "kind": kind,
+            "entity": entity,
+            "name": name,
+            "position": position,
+            "params": params,
+            "param_names": list(params),
+            "argv": specs.member_argv(settings_, params, params_as_args),
+            "env": specs.member_env(settings_, name, key_prefixing=key_prefixing),
+            "cwd": str(cwd),
+        }
 
     for ensemble in ensembles:
         for index, params in enumerate(spaces[ensemble.pk]):
@@ -518,16 +518,25 @@ def member_runs_apply(statuses: dict[int, JobStatus]) -> dict[int, list[int]]:
     return by_run
 
 
-def _insert_many(objects: list) -> None:
-    """Insert model instances with one prepared statement, without reading their ids
-    back. On SQLite, where bulk_create splits 1000 members into INSERTs of ~40 rows,
-    it takes 0.07 s instead of 0.09-0.15 s; on PostgreSQL both take about 0.15 s."""
-    model = type(objects[0])
+def _insert_many(model, rows: list[dict], **common) -> None:
+    """Insert rows with one prepared statement, without reading their ids back
+    (bulk_create on SQLite splits 1000 members into INSERTs of ~40 rows, and builds
+    a model instance per row). Every row gives the same fields, by attname; the
+    others take the values of one ``model(**common)`` (defaults, auto_now),
+    prepared once."""
+    db = connections[DEFAULT_DB_ALIAS]
     fields = [field for field in model._meta.concrete_fields if not field.primary_key]
-    columns = ", ".join(f"{{{field.name}}}" for field in fields)
-    template = f"INSERT INTO {{table}} ({columns}) VALUES ({', '.join(['%s'] * len(fields))})"
-    rows = [tuple(field.pre_save(obj, add=True) for field in fields) for obj in objects]
-    _execute_many(model, template, [field.name for field in fields], rows)
+    given = [field for field in fields if field.attname in rows[0]]
+    constant = [field for field in fields if field.attname not in rows[0]]
+    template = model(**common)
+    constant_values = [field.get_db_prep_save(field.pre_save(template, add=True), db) for field in constant]
+    quote = db.ops.quote_name
+    sql = "INSERT INTO {} ({}) VALUES ({})".format(
+        quote(model._meta.db_table), ", ".join(quote(field.column) for field in given + constant), ", ".join(["%s"] * len(fields))
+    )
+    prepared = [[field.get_db_prep_save(row[field.attname], db) for field in given] + constant_values for row in rows]
+    with db.cursor() as cursor:
+        cursor.executemany(sql, prepared)
 
 
 def _execute_many(model, template: str, fields: list[str], rows: list[tuple]) -> None:

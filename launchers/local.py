@@ -34,6 +34,7 @@ from __future__ import annotations
 import collections
 import errno
 import fcntl
+import gc
 import logging
 import os
 import resource
@@ -254,7 +255,11 @@ def _start_detached(main, log_path: Path, pid_path: Path) -> int:
 
 
 def _become_runner(log_path: Path) -> None:
-    """Shed what the forked process inherited: signal handlers, output, open files."""
+    """Shed what the forked process inherited: signal handlers, output, open files;
+    and keep the garbage collector off the caller's objects (a Celery worker's
+    whole Django), which the runner never frees: scanning them would cost a
+    collection tens of milliseconds, and copy their pages."""
+    gc.freeze()
     for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR2, signal.SIGCHLD):
         signal.signal(signum, signal.SIG_DFL)
     signal.signal(signal.SIGUSR1, signal.SIG_IGN)  # a cancel's nudge must not kill it; the runner reads the keys anyway
