@@ -12,7 +12,7 @@ waits for the runner's exit on a pidfd, using no CPU, then polls every 1 ms. The
 the launch and averaged.
 
 Cases: /bin/true, and <sys.executable> -c pass; each measured BENCH_TRIALS times
-(default 3, interleaved with its baselines), the ratio printed being the median.
+(default 5, interleaved with its baselines), the ratio printed being the median.
 Also printed, for the median trial, where the time went (seconds after
 run_launch was called): the worker's claim, members marked Queued (runner
 started), the first member start and the last member exit (the runner's
@@ -42,7 +42,7 @@ CPUS = os.cpu_count() or 1
 TIMEOUT = float(os.environ.get("BENCH_TIMEOUT", "600"))
 # This machine's disk and CPU vary a lot from one second to the next: each case is
 # measured several times, and the ratio printed is the median.
-TRIALS = int(os.environ.get("BENCH_TRIALS", "3"))
+TRIALS = int(os.environ.get("BENCH_TRIALS", "5"))
 RUNNER_CPU = re.compile(r"runner cpu_s=([0-9.]+)")
 
 
