@@ -24,9 +24,9 @@ The run's work directory holds the source of truth:
   a grace period.
 
 The lines that say a job started (with its pid) or ended are also pushed to a
-Redis stream at once, batched into one entry per round trip
-(``{"group": <the submission's group>, "events": "<line>\\n<line>..."}``); the
-runner's last entry also has ``"last": "1"``.
+Redis stream: the first after a quiet spell at once, then batched into at most
+one entry per 25 ms (``{"group": <the submission's group>, "events":
+"<line>\\n<line>..."}``); the runner's last entry also has ``"last": "1"``.
 """
 
 from __future__ import annotations
