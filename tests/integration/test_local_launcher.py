@@ -74,6 +74,22 @@ def test_events_are_pushed_to_the_stream_as_members_start_and_exit(launcher, tmp
     assert [fields.get("last") for fields in entries] == [None] * (len(entries) - 1) + ["1"]  # the runner's last entry says so
 
 
+def test_each_member_leads_its_own_process_group_and_cancel_reaches_its_children(launcher, tmp_path):
+    script = (
+        "import os, subprocess, sys, time; child = subprocess.Popen(['sleep', '60']); "
+        "print(os.getpid(), os.getpgid(0), os.getsid(0), child.pid, flush=True); time.sleep(60)"
+    )
+    jobs = [job(tmp_path, "tree", [PY, "-c", script])]
+    launcher.submit(jobs, group="g15")
+    out = tmp_path / "tree" / "tree.out"
+    pid, pgid, sid, child = map(int, wait_for(lambda: out.exists() and out.read_text().split()))
+    assert pgid == pid  # killpg reaches whatever the member starts
+    assert sid != pid  # not a session of its own: no scheduling group per member
+    launcher.cancel(jobs, group="g15")
+    assert settle(launcher, jobs, timeout=10)["tree"].state == JobState.CANCELLED
+    wait_for(lambda: not os.path.exists(f"/proc/{child}") or open(f"/proc/{child}/stat").read().split(")")[1].split()[0] == "Z")
+
+
 def test_members_get_their_env_but_not_the_servers_secrets(tmp_path, stream):
     launcher = LocalLauncher(
         work_dir=tmp_path / "run", stream=stream, base_env={"PATH": os.environ["PATH"], "HOME": "/tmp"}
