@@ -25,7 +25,7 @@ The run's work directory holds the source of truth:
 
 The lines that say a job started (with its pid) or ended are also pushed to a
 Redis stream: the first after a quiet spell at once, then batched into at most
-one entry per 25 ms (``{"group": <the submission's group>, "events":
+one entry per 10 ms (``{"group": <the submission's group>, "events":
 "<line>\\n<line>..."}``); the runner's last entry also has ``"last": "1"``.
 """
 
@@ -81,7 +81,7 @@ class EventSink:
     pauses for a while: the journals stay the source of truth, and the monitor
     reconciles from them."""
 
-    LINGER = 0.025  # seconds between entries in a burst
+    LINGER = 0.01  # seconds between entries in a burst
     PAUSE_AFTER_ERROR = 5.0
 
     def __init__(self, redis_url: str | None, stream: str, group: str):
