@@ -129,9 +129,18 @@ class Stack:
         return self.start("daphne", [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "webapp.asgi:application"])
 
     def cpu_seconds(self) -> dict[str, float]:
-        """user+system CPU seconds used so far by each child's process group (Linux /proc)."""
+        """user+system CPU seconds used so far by each child's process group, and by
+        the Redis server if it runs on this machine (Linux /proc)."""
         tick = os.sysconf("SC_CLK_TCK")
         result = {}
+        redis_pid = self.redis_pid()
+        if redis_pid is not None:
+            try:
+                with open(f"/proc/{redis_pid}/stat") as handle:
+                    fields = handle.read().rsplit(")", 1)[1].split()
+                result["redis"] = (int(fields[11]) + int(fields[12])) / tick
+            except OSError:
+                pass  # another machine's, or another namespace's
         for child in self.children:
             total = 0.0
             for entry in os.listdir("/proc"):
@@ -146,6 +155,17 @@ class Stack:
                     total += (int(fields[11]) + int(fields[12])) / tick
             result[child.bench_name] = total
         return result
+
+    def redis_pid(self) -> int | None:
+        import redis
+
+        client = redis.Redis.from_url(os.environ["REDIS_URL"], socket_timeout=2)
+        try:
+            return int(client.info("server")["process_id"])
+        except (redis.RedisError, KeyError, ValueError):
+            return None
+        finally:
+            client.close()
 
     def check_alive(self) -> None:
         for child in self.children:

@@ -24,6 +24,7 @@ points at. Prints name=value lines; the last is the headline launch_ratio.
 
 import os
 import re
+import resource
 import select
 import statistics
 import subprocess
@@ -44,16 +45,21 @@ TIMEOUT = float(os.environ.get("BENCH_TIMEOUT", "600"))
 # measured several times, and the ratio printed is the median.
 TRIALS = int(os.environ.get("BENCH_TRIALS", "5"))
 RUNNER_CPU = re.compile(r"runner cpu_s=([0-9.]+)")
+MEMBERS_CPU = re.compile(r"members cpu_s=([0-9.]+)")
 
 
-def time_xargs(argv: list[str]) -> float:
+def time_xargs(argv: list[str]) -> tuple[float, float]:
+    """Seconds, and the CPU seconds xargs and the commands used."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     subprocess.run(
         ["xargs", "-P", str(CPUS), "-n", "1", *argv],
         input="\n".join(str(i) for i in range(MEMBERS)) + "\n",
         text=True, stdout=subprocess.DEVNULL, check=True, timeout=TIMEOUT,
     )
-    return time.perf_counter() - start
+    elapsed = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return elapsed, (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
 
 
 def wait_for_runners(stack: Stack, work_dir: Path, start: float) -> None:
@@ -129,9 +135,9 @@ def time_launch(stack: Stack, user, name: str, run_settings: dict) -> dict:
     queued = StatusEvent.objects.filter(run_id=run.pk, status=MemberStatus.QUEUED).order_by("at").values_list("at", flat=True)
     recorded = [status for _, status in Journals.read(Path(run.work_dir)).values()]
     # The runner is detached (its own session): its CPU comes from the line it logs at the end.
-    cpu["runner"] = sum(
-        float(match) for log in Path(run.work_dir).glob("runner-*.log") for match in RUNNER_CPU.findall(log.read_text())
-    )
+    logs = [log.read_text() for log in Path(run.work_dir).glob("runner-*.log")]
+    cpu["runner"] = sum(float(match) for log in logs for match in RUNNER_CPU.findall(log))
+    cpu["members"] = sum(float(match) for log in logs for match in MEMBERS_CPU.findall(log))
     started = [status.started or 0 for status in recorded]
     ended = [status.ended or 0 for status in recorded]
     return {
@@ -173,7 +179,8 @@ def main():
                 launch = time_launch(stack, user, f"bench-{name}-{trial}", run_settings)
                 after = time_xargs(argv)
                 assert launch["completed"] == MEMBERS, f"{name}: only {launch['completed']} of {MEMBERS} completed: {launch['others']}"
-                launch["xargs_s"] = (before + after) / 2
+                launch["xargs_s"] = (before[0] + after[0]) / 2
+                launch["xargs_cpu_s"] = (before[1] + after[1]) / 2
                 launch["ratio"] = launch["s"] / launch["xargs_s"]
                 trials.append(launch)
             results[name] = trials
@@ -189,10 +196,11 @@ def main():
             print(f"{name}_ratios=" + ",".join(f"{t['ratio']:.2f}" for t in trials))
             median = sorted(trials, key=lambda t: t["ratio"])[(len(trials) - 1) // 2]  # its phases are printed
             for key in ("run_launch_call_s", "claimed_at_s", "queued_at_s", "first_start_s", "last_exit_s", "db_all_terminal_s",
-                        "runner_cpu_s", "worker_cpu_s", "monitor_cpu_s", "bench_cpu_s"):
-                print(f"{name}_{key}={median[key]:.3f}")
+                        "runner_cpu_s", "worker_cpu_s", "monitor_cpu_s", "bench_cpu_s", "redis_cpu_s", "members_cpu_s"):
+                print(f"{name}_{key}={median.get(key, float('nan')):.3f}")
             print(f"{name}_s={median['s']:.3f}")
             print(f"{name}_xargs_s={median['xargs_s']:.3f}")
+            print(f"{name}_xargs_cpu_s={median['xargs_cpu_s']:.3f}")
         for name in [name for name in ("launch_python", "launch") if name in results]:
             print(f"{name}_ratio={statistics.median(t['ratio'] for t in results[name]):.2f}")
     finally:

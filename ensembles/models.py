@@ -405,7 +405,9 @@ class MemberRun(models.Model):
 class StatusEvent(models.Model):
     """Every status a member went through, for the plots of a run over time."""
 
-    run = models.ForeignKey(Run, on_delete=models.CASCADE, related_name="events")
+    # No index of its own: the (run, at) index serves lookups by run, and each index
+    # costs every insert (three per member in a run).
+    run = models.ForeignKey(Run, on_delete=models.CASCADE, related_name="events", db_index=False)
     member = models.ForeignKey(MemberRun, on_delete=models.CASCADE, related_name="events")
     status = models.CharField(max_length=10, choices=MemberStatus.choices)
     at = models.DateTimeField()

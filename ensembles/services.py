@@ -534,7 +534,8 @@ def _insert_many(model, rows: list[dict], **common) -> None:
     sql = "INSERT INTO {} ({}) VALUES ({})".format(
         quote(model._meta.db_table), ", ".join(quote(field.column) for field in given + constant), ", ".join(["%s"] * len(fields))
     )
-    prepared = [[field.get_db_prep_save(row[field.attname], db) for field in given] + constant_values for row in rows]
+    columns = [(field.attname, _preparer(field, db)) for field in given]
+    prepared = [[prepare(row[name]) if prepare else row[name] for name, prepare in columns] + constant_values for row in rows]
     with db.cursor() as cursor:
         cursor.executemany(sql, prepared)
 
@@ -547,9 +548,31 @@ def _execute_many(model, template: str, fields: list[str], rows: list[tuple]) ->
     db = connections[DEFAULT_DB_ALIAS]  # the connection itself: each use of the proxy costs a context lookup
     quote = db.ops.quote_name
     sql = template.format(table=quote(model._meta.db_table), **{f: quote(mf.column) for f, mf in zip(fields, model_fields)})
-    prepared = [[field.get_db_prep_save(value, db) for field, value in zip(model_fields, row)] for row in rows]
+    preparers = [_preparer(field, db) for field in model_fields]
+    prepared = [[prepare(value) if prepare else value for prepare, value in zip(preparers, row)] for row in rows]
     with db.cursor() as cursor:
         cursor.executemany(sql, prepared)
+
+
+# Fields whose own preparation hands text and integers (the values the hot paths
+# give them) to the driver as they are.
+PLAIN_FIELD_TYPES = frozenset({
+    "AutoField", "BigAutoField", "BigIntegerField", "CharField", "ForeignKey", "IntegerField",
+    "PositiveIntegerField", "PositiveSmallIntegerField", "SmallIntegerField", "TextField",
+})
+
+
+def _preparer(field, db):
+    """How the bulk writers prepare a field's values for the driver: not at all for
+    text and integers, with the backend's adapter for (aware) datetimes, and by the
+    field itself otherwise. The field's full preparation costs ~2-5 µs a value, and
+    the monitor writes ~18 values per member."""
+    kind = field.get_internal_type()
+    if kind in PLAIN_FIELD_TYPES:
+        return None
+    if kind == "DateTimeField":
+        return db.ops.adapt_datetimefield_value
+    return lambda value: field.get_db_prep_save(value, db)
 
 
 def runs_finish(run_ids: list[int]) -> None:

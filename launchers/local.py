@@ -14,18 +14,19 @@ The run's work directory holds the source of truth:
   and no job is claimed by two runners. The kernel releases it when the runner
   dies, however it dies.
 - ``*.journal``: one append-only file per runner, named in submission order; a
-  JSON line per change of a job's state (``{"key": ..., <JobStatus>}``): Queued
-  when the runner claims it to prepare it, Running without a pid just before it
-  starts, Running with its pid, then how it ended. A job with more than a Queued
-  line is never started again, so a job submitted twice never runs twice; one
-  that a dead runner only prepared is taken again by the next runner.
+  JSON line per change of a job's state (``{"key": ..., <JobStatus>}``): Running
+  without a pid just before it starts, Running with its pid, then how it ended
+  (or why it could not start). A job with a line is never started again, so a
+  job submitted twice never runs twice; one that a dead runner only prepared is
+  taken again by the next runner. (Journals of earlier versions also have a
+  Queued line per job a runner claimed: it counts as no line.)
 - ``cancelled``: the keys of cancelled jobs, a line each. A queued job never
   starts; the runner sends SIGTERM to a running job's group, then SIGKILL after
   a grace period.
 
 The lines that say a job started (with its pid) or ended are also pushed to a
 Redis stream: the first after a quiet spell at once, then batched into at most
-one entry per 10 ms (``{"group": <the submission's group>, "events":
+one entry per 25 ms (``{"group": <the submission's group>, "events":
 "<line>\\n<line>..."}``); the runner's last entry also has ``"last": "1"``.
 """
 
@@ -55,6 +56,7 @@ log = logging.getLogger("flotilla.launcher.local")
 LOCK_FILE = "runner.lock"
 CANCELLED_FILE = "cancelled"
 JOURNAL_SUFFIX = ".journal"
+JOB_UNSTARTED = JobStatus(JobState.QUEUED)  # what counts for a job no journal line records (read only)
 # Server secrets and settings never reach members' environments.
 PRIVATE_ENV = {"SECRET_KEY", "DATABASE_URL", "REDIS_URL", "DJANGO_SETTINGS_MODULE", "DJANGO_ALLOW_ASYNC_UNSAFE"}
 PRIVATE_ENV_PREFIXES = ("FLOTILLA_", "CELERY_")
@@ -74,14 +76,17 @@ class EventSink:
 
     Lines are buffered and go as one stream entry (XADD): the first line after a
     quiet spell at once, then at most one entry per LINGER. The owner calls
-    ``send_if_due()`` (``due()`` says when) and ``close()`` at the end. The
+    ``send_if_due()`` whenever it is awake, and ``close()`` at the end; ``due()``
+    says when it must wake just to send, which is later (MAX_WAIT): in a burst
+    the owner wakes often anyway, and each wake costs it more CPU than a send. The
     connection is put in CLIENT REPLY OFF mode on every (re)connect, so an entry
     costs one send and no wait for a reply: the runner never waits for a Redis
     server that competes with the members for the CPUs. After a failure, pushing
     pauses for a while: the journals stay the source of truth, and the monitor
     reconciles from them."""
 
-    LINGER = 0.01  # seconds between entries in a burst
+    LINGER = 0.025  # seconds between entries in a burst
+    MAX_WAIT = 0.05  # seconds a line may wait for its owner to wake for other work
     PAUSE_AFTER_ERROR = 5.0
 
     def __init__(self, redis_url: str | None, stream: str, group: str):
@@ -95,17 +100,20 @@ class EventSink:
                 redis_url, socket_timeout=0.5, socket_connect_timeout=0.5, redis_connect_func=_replies_off
             ).make_connection()
         self.lines: list[str] = []
+        self.first_line_at = 0.0  # monotonic time the oldest buffered line came
         self.next_send = 0.0  # monotonic time before which nothing is sent
 
     def emit(self, line: str) -> None:
         if self.connection is not None:
+            if not self.lines:
+                self.first_line_at = time.monotonic()
             self.lines.append(line)
 
     def due(self) -> float | None:
-        """Seconds until the buffered lines are due (None if there are none)."""
+        """Seconds until the owner must wake to send the buffered lines (None if there are none)."""
         if not self.lines:
             return None
-        return max(0.0, self.next_send - time.monotonic())
+        return max(0.0, max(self.next_send, self.first_line_at + self.MAX_WAIT) - time.monotonic())
 
     def send_if_due(self) -> None:
         if self.lines and time.monotonic() >= self.next_send:
@@ -354,15 +362,10 @@ class LocalLauncher(Launcher):
         return result
 
     def unstarted(self, jobs: list[JobSpec]) -> list[JobSpec]:
-        """Jobs that no live runner has and none ever started (safe to submit again)."""
+        """Jobs no runner started (safe to submit again: a runner waits for the
+        run's earlier runners, then skips what they started)."""
         recorded = Journals.read(self.work_dir)
-        runners = self._runner_pids() if any(s.state == JobState.QUEUED for _, s in recorded.values()) else {}
-        result = []
-        for job in jobs:
-            journal, status = recorded.get(job.key, ("", None))
-            if status is None or (status.state == JobState.QUEUED and journal not in runners):
-                result.append(job)
-        return result
+        return [job for job in jobs if recorded.get(job.key, ("", JOB_UNSTARTED))[1].state == JobState.QUEUED]
 
     # --- cancelling ----------------------------------------------------------------
 
@@ -407,9 +410,9 @@ class Runner:
     and waits on the members' pidfds, on a pipe that SIGUSR1 (cancel) writes to,
     on the next grace-period deadline and on the next push of events to Redis.
 
-    A job's journal lines: Queued (claimed and being prepared: a later runner
-    takes it again if this one dies), Running without a pid (being started: from
-    here on it is never started again), Running with its pid, then its end."""
+    A job's journal lines: Running without a pid (being started: from here on it
+    is never started again), Running with its pid, then its end. A job this
+    runner prepared but never started has none: a later runner takes it again."""
 
     CANCEL_CHECK = 1.0  # seconds: the cancelled keys are read this often even without a signal
 
@@ -442,7 +445,6 @@ class Runner:
 
     def prepare(self, job: JobSpec) -> bool:
         """Run the job's hook and open its output files; queue it to start, or record its failure."""
-        self.record(job, JobStatus(JobState.QUEUED), push=False)  # claimed for preparation
         try:
             if job.prepare:
                 run_hook(job.prepare)
@@ -582,9 +584,9 @@ class Runner:
         signal.signal(signal.SIGUSR1, lambda signum, frame: None)  # its byte on the pipe wakes the loop
         self.run_lock = _lock_run(self.work_dir, wait=True)  # an earlier runner of this run finishes first
         recorded = Journals.read(self.work_dir)
-        # Jobs claimed but never started by a runner that died are taken again.
+        # Jobs that no earlier runner started (one that died may have prepared some).
         self.pending = collections.deque(
-            job for job in self.jobs if job.key not in recorded or recorded[job.key][1].state == JobState.QUEUED
+            job for job in self.jobs if recorded.get(job.key, ("", JOB_UNSTARTED))[1].state == JobState.QUEUED
         )
         self.journal = os.open(self.work_dir / f"{self.name}{JOURNAL_SUFFIX}", os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
         self.events = EventSink(self.redis_url, self.stream, self.group)
@@ -615,5 +617,7 @@ class Runner:
                     self.reap(key.fd)
         self.events.close()
         usage = resource.getrusage(resource.RUSAGE_SELF)
-        log.info("ran %d jobs; runner cpu_s=%.3f (user %.3f, system %.3f)",
-                 len(self.jobs), usage.ru_utime + usage.ru_stime, usage.ru_utime, usage.ru_stime)
+        members = resource.getrusage(resource.RUSAGE_CHILDREN)
+        log.info("ran %d jobs; runner cpu_s=%.3f (user %.3f, system %.3f); members cpu_s=%.3f",
+                 len(self.jobs), usage.ru_utime + usage.ru_stime, usage.ru_utime, usage.ru_stime,
+                 members.ru_utime + members.ru_stime)
