@@ -187,7 +187,7 @@ def discard_later(paths: list[Path]) -> threading.Thread | None:
     return thread
 
 
-def _write_new(path: Path, data: bytes) -> None:
+def _write_new(path: str | os.PathLike, data: bytes) -> None:
     """Write a file in the folder just created: two syscalls fewer than open()'s text file."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
     try:
@@ -233,15 +233,25 @@ class Generator:
             if Path(relative).is_absolute() or ".." in Path(relative).parts:
                 raise FileRefused(f"{relative} would be written outside the member directory.")
 
-    def generate(self, directory: Path, name: str, params: Mapping[str, Any], *, trash: list[Path]) -> dict:
-        """Create ``directory`` for one member; an existing one is moved aside into ``trash``."""
+    def generate(self, directory: str | os.PathLike, name: str, params: Mapping[str, Any], *, trash: list[Path]) -> dict:
+        """Create ``directory`` for one member; an existing one is moved aside into ``trash``.
+
+        A member without attached files costs a mkdir and one file: no Path is built
+        for it, as pathlib's parsing costs more than those syscalls."""
         try:
             os.mkdir(directory)  # its parent usually exists: one syscall
         except FileNotFoundError:
             os.makedirs(directory)
         except FileExistsError:  # a file, a link or an earlier generation
-            trash.append(_move_aside(directory))
+            trash.append(_move_aside(Path(directory)))
             os.mkdir(directory)
+        configured = self._write_files(Path(directory), params) if self.copy or self.symlink or self.templates else {}
+        record = {"name": name, "params": dict(params), "configured": configured}
+        _write_new(os.path.join(directory, RECORD_FILE_NAME), json.dumps(record, default=str).encode())  # dumps: the C encoder
+        return record
+
+    def _write_files(self, directory: Path, params: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+        """Copy, link and configure the attached files; returns the tags used in each configured file."""
         for source in self.copy:
             if source.is_dir():
                 shutil.copytree(source, directory, dirs_exist_ok=True, symlinks=True)
@@ -260,9 +270,7 @@ class Generator:
             with open(target, "w", encoding="utf-8", newline="") as out:
                 out.write(rendered.text)
             configured[relative] = rendered.used
-        record = {"name": name, "params": dict(params), "configured": configured}
-        _write_new(directory / RECORD_FILE_NAME, json.dumps(record, default=str).encode())  # dumps: the C encoder
-        return record
+        return configured
 
 
 _generators: dict[str, Generator] = {}
@@ -274,11 +282,11 @@ def prepare_member(*, directory: str, name: str, params: dict, files: dict, root
 
     Generators are cached per file set, so the sources are checked and configured
     files read once per runner, not once per member."""
-    key = json.dumps([files, roots], sort_keys=True)
+    key = repr((files, roots))  # equal file sets give equal keys (at worst, a generator each)
     with _generators_lock:
         generator = _generators.get(key)
         if generator is None:
             generator = _generators[key] = Generator(roots=[Path(r) for r in roots], **files)
     trash: list[Path] = []
-    generator.generate(Path(directory), name, params, trash=trash)
+    generator.generate(directory, name, params, trash=trash)
     discard_later(trash)

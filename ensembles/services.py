@@ -23,7 +23,7 @@ from django.db import DEFAULT_DB_ALIAS, IntegrityError, connections, transaction
 from django.db.models import Max
 from django.utils import timezone
 
-from launchers.base import JobSpec, JobState, JobStatus, LauncherError
+from launchers.base import JobSpec, JobStatus, LauncherError
 
 from . import realtime, specs
 from .generation import RECORD_FILE_NAME, FileRefused, Generator, check_configurable, resolve_source
@@ -625,10 +625,14 @@ def runs_reconcile() -> dict[int, list[int]]:
             launcher = launcher_for(run)
         except LauncherError:
             continue
-        statuses = launcher.status([str(pk) for pk, _ in members])
-        for run_id, ids in member_runs_apply(
-            {int(key): status for key, status in statuses.items() if status.state != JobState.QUEUED}
-        ).items():
+        in_db = dict(members)
+        statuses = launcher.status([str(pk) for pk in in_db])
+        # Only what the launcher has ahead of the database: events have usually brought the rest.
+        ahead = {}
+        for key, status in statuses.items():
+            if STATUS_RANK[STATE_TO_STATUS[status.state]] > STATUS_RANK[in_db[int(key)]]:
+                ahead[int(key)] = status
+        for run_id, ids in member_runs_apply(ahead).items():
             changed.setdefault(run_id, []).extend(ids)
         queued = [pk for pk, status in members if status == MemberStatus.QUEUED]
         if queued and not launcher.runner_alive():

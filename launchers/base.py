@@ -8,6 +8,7 @@ the database is rebuilt from it after a crash.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import json
 from abc import ABC, abstractmethod
@@ -65,11 +66,8 @@ class JobStatus:
 
     def to_dict(self) -> dict:
         """The state and the fields that are set (written for every event: kept cheap)."""
-        data = {"state": self.state.value}
-        for name in ("job_id", "returncode", "signal", "started", "ended", "error"):
-            value = getattr(self, name)
-            if value is not None:
-                data[name] = value
+        data = {name: value for name, value in self.__dict__.items() if value is not None}
+        data["state"] = self.state.value
         return data
 
     @classmethod
@@ -85,9 +83,12 @@ class JobStatus:
         )
 
 
+_COMPACT_JSON = json.JSONEncoder(separators=(",", ":"))  # shared: json.dumps would build one per event
+
+
 def encode_event(key: str, status: JobStatus) -> str:
     """A status change as one line of text (no newline): what launchers record and push to the event stream."""
-    return json.dumps({"key": key, **status.to_dict()}, separators=(",", ":"))
+    return _COMPACT_JSON.encode({"key": key, **status.to_dict()})
 
 
 def decode_event(line: str) -> tuple[str, JobStatus]:
@@ -97,8 +98,13 @@ def decode_event(line: str) -> tuple[str, JobStatus]:
 
 def run_hook(spec: dict[str, Any]) -> Any:
     """Call ``{"hook": "module:function", "kwargs": {...}}``."""
-    module_name, _, function_name = spec["hook"].partition(":")
-    return getattr(importlib.import_module(module_name), function_name)(**spec.get("kwargs", {}))
+    return _hook_function(spec["hook"])(**spec.get("kwargs", {}))
+
+
+@functools.lru_cache(maxsize=64)
+def _hook_function(path: str):
+    module_name, _, function_name = path.partition(":")
+    return getattr(importlib.import_module(module_name), function_name)
 
 
 class Launcher(ABC):

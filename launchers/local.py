@@ -39,7 +39,7 @@ import gc
 import logging
 import os
 import resource
-import selectors
+import select
 import signal
 import shutil
 import sys
@@ -99,6 +99,7 @@ class EventSink:
             self.connection = redis.ConnectionPool.from_url(
                 redis_url, socket_timeout=0.5, socket_connect_timeout=0.5, redis_connect_func=_replies_off
             ).make_connection()
+        self.command_head = [b"XADD", stream.encode(), b"MAXLEN", b"~", b"100000", b"*", b"group", group.encode(), b"events"]
         self.lines: list[str] = []
         self.first_line_at = 0.0  # monotonic time the oldest buffered line came
         self.next_send = 0.0  # monotonic time before which nothing is sent
@@ -122,9 +123,9 @@ class EventSink:
     def send(self, *, last: bool = False) -> None:
         lines, self.lines = self.lines, []
         self.next_send = time.monotonic() + self.LINGER
-        fields = ["group", self.group, "events", "\n".join(lines)] + (["last", "1"] if last else [])
+        command = [*self.command_head, "\n".join(lines).encode(), *((b"last", b"1") if last else ())]
         try:
-            self.connection.send_command("XADD", self.stream, "MAXLEN", "~", 100_000, "*", *fields)
+            self.connection.send_packed_command([_resp(command)])
         except Exception as error:
             log.warning("could not push %d event(s): %s", len(lines), error)
             self.connection.disconnect()
@@ -136,6 +137,12 @@ class EventSink:
         if self.connection is not None:
             self.send(last=True)
             self.connection.disconnect()
+
+
+def _resp(parts: list[bytes]) -> bytes:
+    """A command in Redis's wire format (RESP), as redis-py's pack_command makes it
+    without its per-argument type checks, which cost more than the send."""
+    return b"*%d\r\n" % len(parts) + b"".join(b"$%d\r\n%s\r\n" % (len(part), part) for part in parts)
 
 
 def _replies_off(connection) -> None:
@@ -478,7 +485,7 @@ class Runner:
             os.close(err)
         pidfd = os.pidfd_open(pid)  # readable once the process has exited (even if it already has)
         self.running[pidfd] = (job, started, pid)
-        self.selector.register(pidfd, selectors.EVENT_READ)
+        self.epoll.register(pidfd, select.EPOLLIN)
         self.record(job, JobStatus(JobState.RUNNING, job_id=str(pid), started=started))
 
     def spawn(self, job: JobSpec, out: int, err: int) -> int:
@@ -498,7 +505,7 @@ class Runner:
                 _executable(job.argv[0], env),
                 job.argv,
                 env,
-                file_actions=[(os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0), (os.POSIX_SPAWN_DUP2, out, 1), (os.POSIX_SPAWN_DUP2, err, 2)],
+                file_actions=[(os.POSIX_SPAWN_DUP2, out, 1), (os.POSIX_SPAWN_DUP2, err, 2)],  # stdin: the runner's /dev/null
                 setpgroup=0,
                 setsigdef=(signal.SIGPIPE, signal.SIGXFSZ),  # ignored by Python, default for any program (as Popen does)
             )
@@ -507,7 +514,7 @@ class Runner:
 
     def reap(self, pidfd: int) -> None:
         job, started, pid = self.running.pop(pidfd)
-        self.selector.unregister(pidfd)
+        self.epoll.unregister(pidfd)
         os.close(pidfd)
         _, wait_status = os.waitpid(pid, 0)
         returncode = os.waitstatus_to_exitcode(wait_status)
@@ -590,8 +597,8 @@ class Runner:
         )
         self.journal = os.open(self.work_dir / f"{self.name}{JOURNAL_SUFFIX}", os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
         self.events = EventSink(self.redis_url, self.stream, self.group)
-        self.selector = selectors.DefaultSelector()
-        self.selector.register(wake_read, selectors.EVENT_READ)
+        self.epoll = select.epoll()  # the selectors module's bookkeeping costs more than the calls
+        self.epoll.register(wake_read, select.EPOLLIN)
         self.refresh_cancelled()
         last_check = time.monotonic()
         while self.pending or self.ready or self.running:
@@ -609,12 +616,12 @@ class Runner:
             for deadline in (self.escalate(), self.events.due()):
                 if deadline is not None:
                     timeout = min(timeout, deadline)
-            for key, _ in self.selector.select(timeout):
-                if key.fd == wake_read:
+            for fd, _ in self.epoll.poll(timeout):
+                if fd == wake_read:
                     os.read(wake_read, 4096)  # the signals' bytes
                     last_check = 0.0  # a cancel: read the keys now
                 else:
-                    self.reap(key.fd)
+                    self.reap(fd)
         self.events.close()
         usage = resource.getrusage(resource.RUSAGE_SELF)
         members = resource.getrusage(resource.RUSAGE_CHILDREN)

@@ -50,6 +50,7 @@ def test_exit_codes_signals_and_output_are_recorded(launcher, tmp_path):
         job(tmp_path, "fails", [PY, "-c", "raise SystemExit(3)"]),
         job(tmp_path, "killed", [PY, "-c", "import os, signal; os.kill(os.getpid(), signal.SIGKILL)"]),
         job(tmp_path, "missing", ["/no/such/program"]),
+        job(tmp_path, "fds", [PY, "-c", "import os; print(os.readlink('/proc/self/fd/0'), sorted(map(int, os.listdir('/proc/self/fd'))))"]),
     ]
     launcher.submit(jobs, group="g1")
     result = settle(launcher, jobs)
@@ -60,6 +61,8 @@ def test_exit_codes_signals_and_output_are_recorded(launcher, tmp_path):
     assert (result["killed"].state, result["killed"].signal) == (JobState.FAILED, signal.SIGKILL)
     assert (result["missing"].state, result["missing"].returncode) == (JobState.FAILED, 127)
     assert "cannot run" in (tmp_path / "missing" / "missing.err").read_text()
+    # stdin is /dev/null, and no fd of the runner leaks in (3 is listdir's own)
+    assert (tmp_path / "fds" / "fds.out").read_text() == "/dev/null [0, 1, 2, 3]\n"
     assert result["ok"].started <= result["ok"].ended
 
 
