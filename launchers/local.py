@@ -27,7 +27,9 @@ The run's work directory holds the source of truth:
 The lines that say a job started (with its pid) or ended are also pushed to a
 Redis stream: the first after a quiet spell at once, then batched into at most
 one entry per 25 ms (``{"group": <the submission's group>, "events":
-"<line>\\n<line>..."}``); the runner's last entry also has ``"last": "1"``.
+"<line>\\n<line>..."}``); the runner's last entry also has ``"last": "1"``,
+and is followed by a push to the list ``wake_key(stream)``, on which a monitor
+that waits for a burst to end can block.
 """
 
 from __future__ import annotations
@@ -60,6 +62,11 @@ JOB_UNSTARTED = JobStatus(JobState.QUEUED)  # what counts for a job no journal l
 # Server secrets and settings never reach members' environments.
 PRIVATE_ENV = {"SECRET_KEY", "DATABASE_URL", "REDIS_URL", "DJANGO_SETTINGS_MODULE", "DJANGO_ALLOW_ASYNC_UNSAFE"}
 PRIVATE_ENV_PREFIXES = ("FLOTILLA_", "CELERY_")
+
+
+def wake_key(stream: str) -> str:
+    """The list a sender pushes to after its last entry on ``stream`` (at most one element)."""
+    return f"{stream}:wake"
 
 
 def member_base_env(environ: dict[str, str] | None = None) -> dict[str, str]:
@@ -100,6 +107,7 @@ class EventSink:
                 redis_url, socket_timeout=0.5, socket_connect_timeout=0.5, redis_connect_func=_replies_off
             ).make_connection()
         self.command_head = [b"XADD", stream.encode(), b"MAXLEN", b"~", b"100000", b"*", b"group", group.encode(), b"events"]
+        self.wake_key = wake_key(stream).encode()
         self.lines: list[str] = []
         self.first_line_at = 0.0  # monotonic time the oldest buffered line came
         self.next_send = 0.0  # monotonic time before which nothing is sent
@@ -123,17 +131,19 @@ class EventSink:
     def send(self, *, last: bool = False) -> None:
         lines, self.lines = self.lines, []
         self.next_send = time.monotonic() + self.LINGER
-        command = [*self.command_head, "\n".join(lines).encode(), *((b"last", b"1") if last else ())]
+        commands = [_resp([*self.command_head, "\n".join(lines).encode(), *((b"last", b"1") if last else ())])]
+        if last:
+            commands += [_resp([b"LPUSH", self.wake_key, b"1"]), _resp([b"LTRIM", self.wake_key, b"0", b"0"])]
         try:
-            self.connection.send_packed_command([_resp(command)])
+            self.connection.send_packed_command(commands)
         except Exception as error:
             log.warning("could not push %d event(s): %s", len(lines), error)
             self.connection.disconnect()
             self.next_send = time.monotonic() + self.PAUSE_AFTER_ERROR
 
     def close(self) -> None:
-        """Send what is left, marked as the sender's last entry: the monitor writes
-        it without waiting for the burst to pause."""
+        """Send what is left, marked as the sender's last entry, and wake a monitor
+        that waits for the burst to end."""
         if self.connection is not None:
             self.send(last=True)
             self.connection.disconnect()

@@ -11,7 +11,7 @@ import redis
 from django.conf import settings
 
 from launchers.base import JobSpec, JobState, decode_event
-from launchers.local import EventSink, LocalLauncher
+from launchers.local import EventSink, LocalLauncher, wake_key
 from tests.conftest import wait_for
 
 pytestmark = pytest.mark.integration
@@ -22,7 +22,7 @@ PY = sys.executable
 def stream():
     name = f"flotilla:test-events:{uuid.uuid4().hex}"
     yield name
-    redis.Redis.from_url(settings.REDIS_URL).delete(name)
+    redis.Redis.from_url(settings.REDIS_URL).delete(name, wake_key(name))
 
 
 @pytest.fixture
@@ -236,3 +236,9 @@ def test_events_in_a_burst_share_stream_entries(stream):
     assert sink.due() > 0
     sink.close()
     wait_for(lambda: entries() == [("g14", "one"), ("g14", "two\nthree")])
+    client = redis.Redis.from_url(settings.REDIS_URL, decode_responses=True)
+    assert client.xrevrange(stream, count=1)[0][1]["last"] == "1"  # the sender's last entry says so...
+    wait_for(lambda: client.lrange(wake_key(stream), 0, -1) == ["1"])  # ...and a monitor waiting for it wakes
+    client.rpush(wake_key(stream), "stale", "stale")
+    EventSink(settings.REDIS_URL, stream, "g15").close()
+    wait_for(lambda: client.lrange(wake_key(stream), 0, -1) == ["1"])  # one wake-up at most, however many senders ended

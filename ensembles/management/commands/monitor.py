@@ -5,9 +5,10 @@ sent while it is down wait in the stream; unacknowledged ones are read again on
 restart), writes status changes in bulk, and pushes coalesced updates to the
 browsers. An event after a quiet spell is written and pushed at once. In a
 burst, a run that a browser watches is written and pushed every 80 ms (one
-websocket message per run each time); when nobody watches, writes wait until
-the burst pauses for 50 ms, or a runner sends its last entry, or at most 500
-ms, so that a long run costs few transactions and few reads. Every few seconds,
+websocket message per run each time); when nobody watches, writes wait until a
+runner sends its last entry (it pushes a wake-up the monitor blocks on), or at
+most 500 ms: each wake-up costs the monitor ~1 ms of CPU while members run,
+taken from them. Every few seconds,
 and at start, it reconciles unfinished members from what the launchers recorded
 (the source of truth), and resumes submissions whose worker died.
 """
@@ -26,12 +27,12 @@ from django.db import close_old_connections
 
 from ensembles import realtime, services
 from launchers.base import JobState, JobStatus, decode_event
+from launchers.local import wake_key
 
 log = logging.getLogger("flotilla.monitor")
 GROUP = "monitor"
 FLUSH_INTERVAL = 0.08  # in a burst, write and push at most this often: ~12 messages/s per browser
-UNWATCHED_QUIET = 0.05  # nobody watches: write once the stream is quiet this long...
-UNWATCHED_INTERVAL = 0.5  # ...or once the oldest unwritten event is this old
+UNWATCHED_INTERVAL = 0.5  # nobody watches: write once the oldest unwritten event is this old, or a runner ends
 RECONCILE_INTERVAL = 5.0
 IDLE_BLOCK_MS = 1000  # also how long a stop request may wait
 
@@ -67,6 +68,7 @@ class Command(BaseCommand):
         signal.signal(signal.SIGINT, lambda *a: setattr(self, "stopping", True))
         self.client = redis.Redis.from_url(settings.REDIS_URL, decode_responses=True, socket_timeout=10)
         self.stream = settings.EVENT_STREAM
+        self.wake_key = wake_key(self.stream)
         self.consumer = consumer
         self.unapplied: list = []  # stream entries read but not yet written (and so not acknowledged)
         self.pending_pushes: dict[int, set[int]] = {}
@@ -96,12 +98,12 @@ class Command(BaseCommand):
                     self.take(self.read(">"))
                     self.flush()
                 else:
-                    time.sleep(UNWATCHED_QUIET)  # then one read takes whatever came meanwhile
-                    more = self.read(">")
-                    self.take(more)
-                    if (not more or any(fields.get("last") for _, fields in more)
-                            or time.monotonic() - self.busy_since >= UNWATCHED_INTERVAL):
-                        self.flush()
+                    wait = self.busy_since + UNWATCHED_INTERVAL - time.monotonic()
+                    # (Redis would take a timeout under 1 ms for 0: wait forever.)
+                    if wait >= 0.01 and not any(fields.get("last") for _, fields in self.unapplied):
+                        self.client.blpop([self.wake_key], timeout=wait)  # a runner's end, or the deadline
+                    self.take(self.read(">"))
+                    self.flush()
             except (redis.RedisError, OSError) as error:
                 log.warning("monitor: %s; retrying", error)
                 time.sleep(1)
