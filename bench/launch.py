@@ -16,7 +16,9 @@ Cases: /bin/true, and <sys.executable> -c pass; each measured BENCH_TRIALS times
 Also printed, for the median trial, where the time went (seconds after
 run_launch was called): the worker's claim, members marked Queued (runner
 started), the first member start and the last member exit (the runner's
-journal), the database showing the run finished, and the CPU each process used.
+journal), the database showing the run finished, and the CPU each process used
+(the Redis server's too, when it runs here), the members' and xargs's (with
+its commands) for comparison.
 
 DATABASE_URL: a temp SQLite file, or the PostgreSQL database the environment
 points at. Prints name=value lines; the last is the headline launch_ratio.

@@ -26,7 +26,7 @@ The run's work directory holds the source of truth:
 
 The lines that say a job started (with its pid) or ended are also pushed to a
 Redis stream: the first after a quiet spell at once, then batched into at most
-one entry per 25 ms (``{"group": <the submission's group>, "events":
+one entry per 10 ms (``{"group": <the submission's group>, "events":
 "<line>\\n<line>..."}``); the runner's last entry also has ``"last": "1"``,
 and is followed by a push to the list ``wake_key(stream)``, on which a monitor
 that waits for a burst to end can block.
@@ -83,17 +83,14 @@ class EventSink:
 
     Lines are buffered and go as one stream entry (XADD): the first line after a
     quiet spell at once, then at most one entry per LINGER. The owner calls
-    ``send_if_due()`` whenever it is awake, and ``close()`` at the end; ``due()``
-    says when it must wake just to send, which is later (MAX_WAIT): in a burst
-    the owner wakes often anyway, and each wake costs it more CPU than a send. The
+    ``send_if_due()`` (``due()`` says when) and ``close()`` at the end. The
     connection is put in CLIENT REPLY OFF mode on every (re)connect, so an entry
     costs one send and no wait for a reply: the runner never waits for a Redis
     server that competes with the members for the CPUs. After a failure, pushing
     pauses for a while: the journals stay the source of truth, and the monitor
     reconciles from them."""
 
-    LINGER = 0.025  # seconds between entries in a burst
-    MAX_WAIT = 0.05  # seconds a line may wait for its owner to wake for other work
+    LINGER = 0.01  # seconds between entries in a burst: what a line may wait, on top of the monitor's own batching
     PAUSE_AFTER_ERROR = 5.0
 
     def __init__(self, redis_url: str | None, stream: str, group: str):
@@ -109,20 +106,17 @@ class EventSink:
         self.command_head = [b"XADD", stream.encode(), b"MAXLEN", b"~", b"100000", b"*", b"group", group.encode(), b"events"]
         self.wake_key = wake_key(stream).encode()
         self.lines: list[str] = []
-        self.first_line_at = 0.0  # monotonic time the oldest buffered line came
         self.next_send = 0.0  # monotonic time before which nothing is sent
 
     def emit(self, line: str) -> None:
         if self.connection is not None:
-            if not self.lines:
-                self.first_line_at = time.monotonic()
             self.lines.append(line)
 
     def due(self) -> float | None:
-        """Seconds until the owner must wake to send the buffered lines (None if there are none)."""
+        """Seconds until the buffered lines are due (None if there are none)."""
         if not self.lines:
             return None
-        return max(0.0, max(self.next_send, self.first_line_at + self.MAX_WAIT) - time.monotonic())
+        return max(0.0, self.next_send - time.monotonic())
 
     def send_if_due(self) -> None:
         if self.lines and time.monotonic() >= self.next_send:
