@@ -25,9 +25,9 @@ The run's work directory holds the source of truth:
   a grace period.
 
 The lines that say a job started (with its pid) or ended are also pushed to a
-Redis stream: the first after a quiet spell at once, then batched into at most
-one entry per 10 ms (``{"group": <the submission's group>, "events":
-"<line>\\n<line>..."}``); the runner's last entry also has ``"last": "1"``,
+Redis stream at once, those of one wake-up of the runner as one entry
+(``{"group": <the submission's group>, "events": "<line>\\n<line>..."}``);
+the runner's last entry also has ``"last": "1"``,
 and is followed by a push to the list ``wake_key(stream)``, on which a monitor
 that waits for a burst to end can block.
 """
@@ -81,21 +81,18 @@ def member_base_env(environ: dict[str, str] | None = None) -> dict[str, str]:
 class EventSink:
     """Pushes journal lines to a Redis stream; never lets Redis trouble stop a job.
 
-    Lines are buffered and go as one stream entry (XADD): the first line after a
-    quiet spell at once, then at most one entry per LINGER. The owner calls
-    ``send_if_due()`` (``due()`` says when) and ``close()`` at the end. The
-    connection is put in CLIENT REPLY OFF mode on every (re)connect, so an entry
-    costs one send and no wait for a reply: the runner never waits for a Redis
-    server that competes with the members for the CPUs. After a failure, pushing
-    pauses for a while: the journals stay the source of truth, and the monitor
-    reconciles from them."""
+    The owner emits lines as it records them and calls ``send()`` before it
+    waits: what it recorded while awake goes as one stream entry (XADD), at
+    once, and nothing wakes it just to send. ``close()`` sends the last entry.
+    The connection is put in CLIENT REPLY OFF mode on every (re)connect, so an
+    entry costs one send and no wait for a reply: the runner never waits for a
+    Redis server that competes with the members for the CPUs. After a failure,
+    pushing pauses for a while: the journals stay the source of truth, and the
+    monitor reconciles from them."""
 
-    LINGER = 0.01  # seconds between entries in a burst: what a line may wait, on top of the monitor's own batching
     PAUSE_AFTER_ERROR = 5.0
 
     def __init__(self, redis_url: str | None, stream: str, group: str):
-        self.stream = stream
-        self.group = group
         self.connection = None
         if redis_url:
             import redis
@@ -106,25 +103,18 @@ class EventSink:
         self.command_head = [b"XADD", stream.encode(), b"MAXLEN", b"~", b"100000", b"*", b"group", group.encode(), b"events"]
         self.wake_key = wake_key(stream).encode()
         self.lines: list[str] = []
-        self.next_send = 0.0  # monotonic time before which nothing is sent
+        self.paused_until = 0.0  # monotonic time: after a failure, lines wait until then
 
     def emit(self, line: str) -> None:
         if self.connection is not None:
             self.lines.append(line)
 
-    def due(self) -> float | None:
-        """Seconds until the buffered lines are due (None if there are none)."""
-        if not self.lines:
-            return None
-        return max(0.0, self.next_send - time.monotonic())
-
-    def send_if_due(self) -> None:
-        if self.lines and time.monotonic() >= self.next_send:
-            self.send()
-
     def send(self, *, last: bool = False) -> None:
+        """Push the buffered lines as one entry; ``last``: the sender's last entry,
+        followed by a wake-up for a monitor that waits for it."""
+        if self.connection is None or not (self.lines or last) or (not last and time.monotonic() < self.paused_until):
+            return
         lines, self.lines = self.lines, []
-        self.next_send = time.monotonic() + self.LINGER
         commands = [_resp([*self.command_head, "\n".join(lines).encode(), *((b"last", b"1") if last else ())])]
         if last:
             commands += [_resp([b"LPUSH", self.wake_key, b"1"]), _resp([b"LTRIM", self.wake_key, b"0", b"0"])]
@@ -133,11 +123,10 @@ class EventSink:
         except Exception as error:
             log.warning("could not push %d event(s): %s", len(lines), error)
             self.connection.disconnect()
-            self.next_send = time.monotonic() + self.PAUSE_AFTER_ERROR
+            self.paused_until = time.monotonic() + self.PAUSE_AFTER_ERROR
 
     def close(self) -> None:
-        """Send what is left, marked as the sender's last entry, and wake a monitor
-        that waits for the burst to end."""
+        """Send what is left as the sender's last entry, and disconnect."""
         if self.connection is not None:
             self.send(last=True)
             self.connection.disconnect()
@@ -418,8 +407,8 @@ class Runner:
     One thread does the work, so that nothing waits for a lock: it starts
     prepared jobs in order while fewer than ``concurrency`` run, prepares the
     next few jobs (the ``prepare`` hook, the output files) while members run,
-    and waits on the members' pidfds, on a pipe that SIGUSR1 (cancel) writes to,
-    on the next grace-period deadline and on the next push of events to Redis.
+    and waits on the members' pidfds, on a pipe that SIGUSR1 (cancel) writes to
+    and on the next grace-period deadline; it pushes events before each wait.
 
     A job's journal lines: Running without a pid (being started: from here on it
     is never started again), Running with its pid, then its end. A job this
@@ -612,14 +601,14 @@ class Runner:
             while len(self.running) < self.concurrency and (self.ready or self.pending):
                 if self.ready or self.prepare(self.pending.popleft()):
                     self.start(*self.ready.popleft())
-            self.events.send_if_due()  # after the starts: a freed slot never waits for Redis
             if self.pending and len(self.ready) < self.ready_limit and len(self.running) >= self.concurrency:
                 self.prepare(self.pending.popleft())
             # Prepare ahead while members run, but look for exits between two preparations.
             timeout = 0 if self.pending and len(self.ready) < self.ready_limit else self.CANCEL_CHECK
-            for deadline in (self.escalate(), self.events.due()):
-                if deadline is not None:
-                    timeout = min(timeout, deadline)
+            deadline = self.escalate()
+            if deadline is not None:
+                timeout = min(timeout, deadline)
+            self.events.send()  # what this wake-up recorded, after the starts: a freed slot never waits for Redis
             for fd, _ in self.epoll.poll(timeout):
                 if fd == wake_read:
                     os.read(wake_read, 4096)  # the signals' bytes
