@@ -97,3 +97,12 @@ def logged_in(page, server, alice):
     page.get_by_role("button", name="Log in").click()
     page.wait_for_url(f"{server}/experiments/")
     return page
+
+
+def htmx_settled(page) -> None:
+    """Wait until htmx has wired what it swapped in: it binds the triggers of new
+    content when it settles, ~20 ms after the swap. A user is never that quick;
+    a test that types into swapped-in content is."""
+    from playwright.sync_api import expect
+
+    expect(page.locator(".htmx-request, .htmx-swapping, .htmx-settling")).to_have_count(0)

@@ -4,6 +4,8 @@ import re
 
 from playwright.sync_api import expect
 
+from tests.e2e.conftest import htmx_settled
+
 
 def test_login_page_refuses_a_wrong_password(page, server, alice, screenshot):
     page.goto(f"{server}/experiments/")
@@ -104,6 +106,7 @@ def test_configured_file_preview_highlights_substitutions(logged_in, server, ali
     expect(page.locator("#attached-files")).to_contain_text("input.cfg")
     rendered = page.locator("#rendered-file")
     expect(rendered.locator("mark").first).to_have_text("1")
+    htmx_settled(page)
     page.get_by_label(re.compile(r"^Member")).fill("2")
     expect(rendered.locator("mark").first).to_have_text("3")
     screenshot("builder-configured-file")
