@@ -61,6 +61,23 @@ def _claim_redis_db(url: str) -> tuple[str, int | None]:
     return url, None
 
 
+def _processes() -> dict[int, tuple[str, int, float]]:
+    """Every process: pid -> (name, process group, user+system CPU seconds so far), from /proc."""
+    tick = os.sysconf("SC_CLK_TCK")
+    processes = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as handle:
+                head, _, tail = handle.read().rpartition(")")
+        except OSError:
+            continue  # gone meanwhile
+        fields = tail.split()
+        processes[int(entry)] = (head.partition("(")[2], int(fields[2]), (int(fields[11]) + int(fields[12])) / tick)
+    return processes
+
+
 class Stack:
     def __init__(self, prefix: str):
         # Under var/, where Flotilla keeps its data by default (FLOTILLA_DATA_DIR).
@@ -129,31 +146,17 @@ class Stack:
         return self.start("daphne", [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "webapp.asgi:application"])
 
     def cpu_seconds(self) -> dict[str, float]:
-        """user+system CPU seconds used so far by each child's process group, and by
-        the Redis server if it runs on this machine (Linux /proc)."""
-        tick = os.sysconf("SC_CLK_TCK")
-        result = {}
+        """CPU seconds used so far by each child's process group, and by the Redis
+        and PostgreSQL servers if they run on this machine."""
+        processes = _processes()
+        result = {
+            child.bench_name: sum(cpu for _, group, cpu in processes.values() if group == child.pid) for child in self.children
+        }
         redis_pid = self.redis_pid()
-        if redis_pid is not None:
-            try:
-                with open(f"/proc/{redis_pid}/stat") as handle:
-                    fields = handle.read().rsplit(")", 1)[1].split()
-                result["redis"] = (int(fields[11]) + int(fields[12])) / tick
-            except OSError:
-                pass  # another machine's, or another namespace's
-        for child in self.children:
-            total = 0.0
-            for entry in os.listdir("/proc"):
-                if not entry.isdigit():
-                    continue
-                try:
-                    with open(f"/proc/{entry}/stat") as handle:
-                        fields = handle.read().rsplit(")", 1)[1].split()
-                except OSError:
-                    continue
-                if int(fields[2]) == child.pid:  # process group id
-                    total += (int(fields[11]) + int(fields[12])) / tick
-            result[child.bench_name] = total
+        if redis_pid in processes:
+            result["redis"] = processes[redis_pid][2]
+        if self.database == "postgresql":
+            result["postgres"] = sum(cpu for name, _, cpu in processes.values() if name == "postgres")
         return result
 
     def redis_pid(self) -> int | None:

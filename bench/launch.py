@@ -198,8 +198,10 @@ def main():
             print(f"{name}_ratios=" + ",".join(f"{t['ratio']:.2f}" for t in trials))
             median = sorted(trials, key=lambda t: t["ratio"])[(len(trials) - 1) // 2]  # its phases are printed
             for key in ("run_launch_call_s", "claimed_at_s", "queued_at_s", "first_start_s", "last_exit_s", "db_all_terminal_s",
-                        "runner_cpu_s", "worker_cpu_s", "monitor_cpu_s", "bench_cpu_s", "redis_cpu_s", "members_cpu_s"):
-                print(f"{name}_{key}={median.get(key, float('nan')):.3f}")
+                        "runner_cpu_s", "worker_cpu_s", "monitor_cpu_s", "bench_cpu_s", "redis_cpu_s", "postgres_cpu_s",
+                        "members_cpu_s"):
+                if key in median:  # the servers' CPU only where they run on this machine
+                    print(f"{name}_{key}={median[key]:.3f}")
             print(f"{name}_s={median['s']:.3f}")
             print(f"{name}_xargs_s={median['xargs_s']:.3f}")
             print(f"{name}_xargs_cpu_s={median['xargs_cpu_s']:.3f}")

@@ -26,10 +26,10 @@ The run's work directory holds the source of truth:
 
 The lines that say a job started (with its pid) or ended are also pushed to a
 Redis stream at once, those of one wake-up of the runner as one entry
-(``{"group": <the submission's group>, "events": "<line>\\n<line>..."}``);
-the runner's last entry also has ``"last": "1"``,
-and is followed by a push to the list ``wake_key(stream)``, on which a monitor
-that waits for a burst to end can block.
+(``{"group": <the submission's group>, "events": "<line>\\n<line>..."}``).
+The runner's last entry also has ``"last": "1"`` and is followed by a push to
+the list ``wake_key(stream)``, on which a monitor waiting for a burst to end
+blocks.
 """
 
 from __future__ import annotations

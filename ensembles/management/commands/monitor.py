@@ -8,9 +8,9 @@ burst, a run that a browser watches is written and pushed every 80 ms (one
 websocket message per run each time); when nobody watches, writes wait until a
 runner sends its last entry (it pushes a wake-up the monitor blocks on), or at
 most 500 ms: each wake-up costs the monitor ~1 ms of CPU while members run,
-taken from them. Every few seconds,
-and at start, it reconciles unfinished members from what the launchers recorded
-(the source of truth), and resumes submissions whose worker died.
+taken from them. Every few seconds, and at start, it reconciles unfinished
+members from what the launchers recorded (the source of truth), and resumes
+submissions whose worker died.
 """
 
 import gc
