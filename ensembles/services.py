@@ -313,7 +313,7 @@ def _enqueue(task_name: str, *args) -> None:
 
 def _record_events(members: list[MemberRun], status: str, at=None) -> None:
     at = at or timezone.now()
-    _execute_many(StatusEvent, STATUS_EVENT_INSERT, ["run", "member", "status", "at"], [(m.run_id, m.pk, status, at) for m in members])
+    _insert_many(StatusEvent, [{"run_id": m.run_id, "member_id": m.pk, "status": status, "at": at} for m in members])
 
 
 def run_submit(*, run_id: int) -> bool:
@@ -472,7 +472,6 @@ def _timestamp(epoch: float | None):
     return datetime.fromtimestamp(epoch, tz=dt_timezone.utc) if epoch else None
 
 
-STATUS_EVENT_INSERT = "INSERT INTO {table} ({run}, {member}, {status}, {at}) VALUES (%s, %s, %s, %s)"
 APPLIED_FIELDS = ["status", "job_id", "returncode", "signal", "started", "ended", "updated", "results", "error"]
 
 
@@ -499,11 +498,11 @@ def member_runs_apply(statuses: dict[int, JobStatus]) -> dict[int, list[int]]:
             ended = _timestamp(status.ended)
             if new != MemberStatus.RUNNING and old != MemberStatus.RUNNING and started:
                 # The Running event was missed (or came in the same batch): keep the history whole.
-                events.append((run_id, pk, MemberStatus.RUNNING, started))
+                events.append({"run_id": run_id, "member_id": pk, "status": MemberStatus.RUNNING, "at": started})
             results = _collect_results(cwd, results_file) if new == MemberStatus.COMPLETED and results_file else None
             updates.append((new, status.job_id or job_id, status.returncode, status.signal, started, ended, now, results,
                             status.error or error, pk))
-            events.append((run_id, pk, new, ended or started or now))
+            events.append({"run_id": run_id, "member_id": pk, "status": new, "at": ended or started or now})
             by_run.setdefault(run_id, []).append(pk)
             if new in TERMINAL_STATUSES:
                 ended_runs.add(run_id)
@@ -512,18 +511,20 @@ def member_runs_apply(statuses: dict[int, JobStatus]) -> dict[int, list[int]]:
     with transaction.atomic():
         _execute_many(MemberRun, f"UPDATE {{table}} SET {', '.join(f'{{{f}}} = %s' for f in APPLIED_FIELDS)} WHERE {{id}} = %s",
                       APPLIED_FIELDS + ["id"], updates)
-        _execute_many(StatusEvent, STATUS_EVENT_INSERT, ["run", "member", "status", "at"], events)
+        _insert_many(StatusEvent, events)
     if ended_runs:
         runs_finish(sorted(ended_runs))
     return by_run
 
 
 def _insert_many(model, rows: list[dict], **common) -> None:
-    """Insert rows with one prepared statement, without reading their ids back
-    (bulk_create on SQLite splits 1000 members into INSERTs of ~40 rows, and builds
-    a model instance per row). Every row gives the same fields, by attname; the
-    others take the values of one ``model(**common)`` (defaults, auto_now),
-    prepared once."""
+    """Insert rows without reading their ids back: with COPY on PostgreSQL, with one
+    prepared statement elsewhere (bulk_create on SQLite splits 1000 members into
+    INSERTs of ~40 rows, and builds a model instance per row). Every row gives the
+    same fields, by attname; the others take the values of one ``model(**common)``
+    (defaults, auto_now), prepared once."""
+    if not rows:
+        return
     db = connections[DEFAULT_DB_ALIAS]
     fields = [field for field in model._meta.concrete_fields if not field.primary_key]
     given = [field for field in fields if field.attname in rows[0]]
@@ -531,13 +532,17 @@ def _insert_many(model, rows: list[dict], **common) -> None:
     template = model(**common)
     constant_values = [field.get_db_prep_save(field.pre_save(template, add=True), db) for field in constant]
     quote = db.ops.quote_name
-    sql = "INSERT INTO {} ({}) VALUES ({})".format(
-        quote(model._meta.db_table), ", ".join(quote(field.column) for field in given + constant), ", ".join(["%s"] * len(fields))
-    )
+    table = quote(model._meta.db_table)
+    column_list = ", ".join(quote(field.column) for field in given + constant)
     columns = [(field.attname, _preparer(field, db)) for field in given]
     prepared = [[prepare(row[name]) if prepare else row[name] for name, prepare in columns] + constant_values for row in rows]
     with db.cursor() as cursor:
-        cursor.executemany(sql, prepared)
+        if db.vendor == "postgresql":  # COPY costs the client and the server a fraction of an INSERT per row
+            with cursor.cursor.copy(f"COPY {table} ({column_list}) FROM STDIN") as copy:
+                for row in prepared:
+                    copy.write_row(row)
+        else:
+            cursor.executemany(f"INSERT INTO {table} ({column_list}) VALUES ({', '.join(['%s'] * len(fields))})", prepared)
 
 
 def _execute_many(model, template: str, fields: list[str], rows: list[tuple]) -> None:
