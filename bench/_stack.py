@@ -147,7 +147,9 @@ class Stack:
 
     def cpu_seconds(self) -> dict[str, float]:
         """CPU seconds used so far by each child's process group, and by the Redis
-        and PostgreSQL servers if they run on this machine."""
+        and PostgreSQL servers if they run on this machine (``postgres:<pid>``
+        per server process: they come and go, so only a per-process difference
+        means something)."""
         processes = _processes()
         result = {
             child.bench_name: sum(cpu for _, group, cpu in processes.values() if group == child.pid) for child in self.children
@@ -156,7 +158,7 @@ class Stack:
         if redis_pid in processes:
             result["redis"] = processes[redis_pid][2]
         if self.database == "postgresql":
-            result["postgres"] = sum(cpu for name, _, cpu in processes.values() if name == "postgres")
+            result.update({f"postgres:{pid}": cpu for pid, (name, _, cpu) in processes.items() if name == "postgres"})
         return result
 
     def redis_pid(self) -> int | None:

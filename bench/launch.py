@@ -128,6 +128,9 @@ def time_launch(stack: Stack, user, name: str, run_settings: dict) -> dict:
     elapsed = time.perf_counter() - start
     assert not MemberRun.objects.filter(run_id=run.pk).exclude(status__in=TERMINAL_STATUSES).exists()
     cpu = {name: used - cpu_before.get(name, 0.0) for name, used in stack.cpu_seconds().items()}
+    server_processes = [name for name in cpu if name.startswith("postgres:")]  # those that lived to the end
+    if server_processes:
+        cpu["postgres"] = sum(cpu.pop(name) for name in server_processes)
     cpu["bench"] = time.process_time() - own_cpu  # run_launch and the 10 ms polling
 
     completed = MemberRun.objects.filter(run_id=run.pk, status=MemberStatus.COMPLETED).count()
