@@ -17,8 +17,8 @@ Also printed, for the median trial, where the time went (seconds after
 run_launch was called): the worker's claim, members marked Queued (runner
 started), the first member start and the last member exit (the runner's
 journal), the database showing the run finished, and the CPU each process used
-(the Redis server's too, when it runs here), the members' and xargs's (with
-its commands) for comparison.
+(the Redis and PostgreSQL servers' too, when they run here), the members' and
+xargs's (with its commands) for comparison.
 
 DATABASE_URL: a temp SQLite file, or the PostgreSQL database the environment
 points at. Prints name=value lines; the last is the headline launch_ratio.
@@ -131,7 +131,7 @@ def time_launch(stack: Stack, user, name: str, run_settings: dict) -> dict:
     server_processes = [name for name in cpu if name.startswith("postgres:")]  # those that lived to the end
     if server_processes:
         cpu["postgres"] = sum(cpu.pop(name) for name in server_processes)
-    cpu["bench"] = time.process_time() - own_cpu  # run_launch and the 10 ms polling
+    cpu["bench"] = time.process_time() - own_cpu  # run_launch and the polling
 
     completed = MemberRun.objects.filter(run_id=run.pk, status=MemberStatus.COMPLETED).count()
     others = list(MemberRun.objects.filter(run_id=run.pk).exclude(status=MemberStatus.COMPLETED)
