@@ -50,6 +50,7 @@ class RunConsumer(AsyncWebsocketConsumer):
         self.group = realtime.run_group(run.pk)
         await self.channel_layer.group_add(self.group, self.channel_name)
         await realtime.watch(run.pk, self.channel_name)
+        self.heartbeat = asyncio.create_task(realtime.keep_watching(run.pk, self.channel_name))
         await self.accept()
         # After a reconnect (a server restart, a network blip) the page may be stale:
         # send the truth now, and have the table reload itself.
@@ -57,6 +58,7 @@ class RunConsumer(AsyncWebsocketConsumer):
 
     async def disconnect(self, code):
         if hasattr(self, "group"):
+            self.heartbeat.cancel()
             await self.channel_layer.group_discard(self.group, self.channel_name)
             await realtime.unwatch(self.run_id, self.channel_name)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import math
 import os
 import threading
 import time
@@ -24,9 +25,11 @@ from . import selectors
 
 log = logging.getLogger("flotilla.realtime")
 MAX_ROWS_PER_PUSH = 200  # beyond this, the page reloads its table instead
-# A socket whose server died without saying goodbye stops counting as a watcher
-# after this long (as channels_redis forgets group members).
-WATCHER_EXPIRY = 24 * 3600
+# An open run socket renews its mark every WATCHER_HEARTBEAT seconds, so that one
+# whose server died without saying goodbye stops counting after WATCHER_EXPIRY
+# (until then, the monitor would render pushes for nobody).
+WATCHER_HEARTBEAT = 60.0
+WATCHER_EXPIRY = 3 * WATCHER_HEARTBEAT
 
 
 def run_group(run_id: int) -> str:
@@ -38,13 +41,24 @@ def _watchers_key(run_id: int) -> str:
 
 
 async def watch(run_id: int, channel_name: str) -> None:
+    """Mark the socket as watching the run (again: its heartbeat calls this)."""
     client = redis.asyncio.Redis.from_url(settings.REDIS_URL)
     try:
         async with client.pipeline(transaction=False) as pipe:
             key = _watchers_key(run_id)
-            await pipe.zadd(key, {channel_name: time.time()}).expire(key, WATCHER_EXPIRY).execute()
+            await pipe.zadd(key, {channel_name: time.time()}).expire(key, math.ceil(WATCHER_EXPIRY)).execute()
     finally:
         await client.aclose()
+
+
+async def keep_watching(run_id: int, channel_name: str) -> None:
+    """The socket's heartbeat, until cancelled."""
+    while True:
+        await asyncio.sleep(WATCHER_HEARTBEAT)
+        try:
+            await watch(run_id, channel_name)
+        except redis.RedisError as error:  # the next beat tries again
+            log.warning("could not renew the watcher of run %s: %s", run_id, error)
 
 
 async def unwatch(run_id: int, channel_name: str) -> None:

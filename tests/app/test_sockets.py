@@ -154,6 +154,28 @@ def test_a_run_counts_as_watched_while_a_socket_is_open(run, alice):
     assert realtime.watched(run.pk) is False
 
 
+def test_an_open_socket_keeps_its_run_watched_and_one_whose_server_died_stops_counting(run, alice, monkeypatch):
+    from ensembles import realtime
+
+    monkeypatch.setattr(realtime, "WATCHER_HEARTBEAT", 0.05)
+    monkeypatch.setattr(realtime, "WATCHER_EXPIRY", 0.3)
+    async_to_sync(realtime.watch)(run.pk, "socket-of-a-dead-server")  # no heartbeat, no goodbye
+    cookie = session_cookie(alice)
+
+    async def scenario():
+        communicator = connect(f"/ws/runs/{run.pk}/", cookie)
+        await _open(communicator)
+        await communicator.receive_from(timeout=5)
+        await asyncio.sleep(4 * realtime.WATCHER_EXPIRY)  # the point: time passes, and only the open socket beats
+        during = realtime.watched(run.pk), realtime._client().zrange(realtime._watchers_key(run.pk), 0, -1)
+        await communicator.disconnect()
+        return during
+
+    watched, watchers = async_to_sync(scenario)()
+    assert watched is True and len(watchers) == 1 and b"socket-of-a-dead-server" not in watchers
+    assert realtime.watched(run.pk) is False
+
+
 def test_pushes_are_rendered_only_for_watched_runs(run):
     from ensembles import realtime
 
