@@ -232,12 +232,18 @@ class Generator:
         for relative in [p.name for p in self.symlink] + [r for r, _ in self.templates]:
             if Path(relative).is_absolute() or ".." in Path(relative).parts:
                 raise FileRefused(f"{relative} would be written outside the member directory.")
+        # What lands at the top of a member folder: it must not take the name of the member's outputs.
+        self.top_names = {p.name for p in self.copy if not p.is_dir()} | {p.name for p in self.symlink}
+        self.top_names |= {r for r, _ in self.templates if "/" not in r}
 
     def generate(self, directory: str | os.PathLike, name: str, params: Mapping[str, Any], *, trash: list[Path]) -> dict:
         """Create ``directory`` for one member; an existing one is moved aside into ``trash``.
 
         A member without attached files costs a mkdir and one file: no Path is built
         for it, as pathlib's parsing costs more than those syscalls."""
+        for output in (f"{name}.out", f"{name}.err"):
+            if output in self.top_names:
+                raise FileRefused(f"An attached file is named {output}, the name of the member's output: rename it.")
         try:
             os.mkdir(directory)  # its parent usually exists: one syscall
         except FileNotFoundError:

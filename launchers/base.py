@@ -11,9 +11,11 @@ from __future__ import annotations
 import functools
 import importlib
 import json
+import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from enum import Enum
+from pathlib import Path
 from typing import Any
 
 
@@ -49,6 +51,7 @@ class JobSpec:
     stdout: str = ""
     stderr: str = ""
     resources: dict[str, Any] = field(default_factory=dict)  # nodes, time, account, queue... for schedulers
+    results_file: str = ""  # a JSON file the member writes (relative to cwd): its numbers are read when it completes
     # Work to do just before the job starts, by whoever starts it (once, after claiming it):
     # {"hook": "package.module:function", "kwargs": {...}}; the hook is plain Python.
     prepare: dict[str, Any] | None = None
@@ -62,7 +65,8 @@ class JobStatus:
     signal: int | None = None
     started: float | None = None  # epoch seconds
     ended: float | None = None
-    error: str | None = None  # why the job could not start, for the user
+    error: str | None = None  # why the job could not start, or what the user should know about its end
+    results: dict[str, float] | None = None  # the numeric fields of its results file, once it completed
 
     def to_dict(self) -> dict:
         """The state and the fields that are set (written for every event: kept cheap)."""
@@ -80,6 +84,7 @@ class JobStatus:
             started=data.get("started"),
             ended=data.get("ended"),
             error=data.get("error"),
+            results=data.get("results"),
         )
 
 
@@ -94,6 +99,28 @@ def encode_event(key: str, status: JobStatus) -> str:
 def decode_event(line: str) -> tuple[str, JobStatus]:
     data = json.loads(line)
     return str(data["key"]), JobStatus.from_dict(data)
+
+
+MAX_RESULTS_BYTES = 1024 * 1024
+
+
+def collect_results(folder: str, results_file: str) -> dict[str, float] | None:
+    """The numeric top-level fields of a member's results JSON (at most 1 MB, inside its folder)."""
+    folder_path = Path(folder).resolve()
+    path = (folder_path / results_file).resolve()
+    try:
+        if not path.is_relative_to(folder_path) or not path.is_file() or path.stat().st_size > MAX_RESULTS_BYTES:
+            return None
+        data = json.loads(path.read_text())
+    except (ValueError, OSError):
+        return None
+    if not isinstance(data, dict):
+        return None
+    return {
+        key: value
+        for key, value in data.items()
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    }
 
 
 def run_hook(spec: dict[str, Any]) -> Any:

@@ -1,11 +1,16 @@
 """Local launcher: members run as processes on this machine.
 
-``submit`` forks a detached runner (its own session, adopted by init), so
-restarting the web server or the Celery worker does not touch running members,
-and the runner starts at once with everything the caller had imported. The
-runner starts at most ``concurrency`` members at a time (running each job's
+``submit`` starts a detached runner (its own session, adopted by init), so
+restarting the web server or the Celery worker does not touch running members.
+The runner is a fresh program with an empty environment (``runner_main.py``),
+never a fork of its caller: a member can read its parent's environment and
+memory. It starts at most ``concurrency`` members at a time (running each job's
 ``prepare`` hook first, e.g. generating its directory), each in its own process
-group, with stdout/stderr going to the member's ``.out``/``.err`` files.
+group, with stdout/stderr going to the member's ``.out``/``.err`` files; no
+file a member writes may grow past ``max_output_bytes``. It is the members'
+child subreaper: when a member's main process ends, whatever it left running
+(its process group, and orphans that carry its ``FLOTILLA_MEMBER`` marker) is
+killed, and the member's end says so.
 
 The run's work directory holds the source of truth:
 
@@ -25,7 +30,8 @@ The run's work directory holds the source of truth:
   a grace period.
 
 The lines that say a job started (with its pid) or ended are also pushed to a
-Redis stream at once, those of one wake-up of the runner as one entry
+Redis stream at once (by the runner, or by a relay for a runner of a user's
+account, which gets no Redis credentials: ``PipeSink``), those of one wake-up of the runner as one entry
 (``{"group": <the submission's group>, "events": "<line>\\n<line>..."}``).
 The runner's last entry also has ``"last": "1"`` and is followed by a push to
 the list ``wake_key(stream)``, on which a monitor waiting for a burst to end
@@ -35,23 +41,27 @@ blocks.
 from __future__ import annotations
 
 import collections
+import dataclasses
 import errno
 import fcntl
-import gc
+import json
 import logging
 import os
 import resource
 import select
 import signal
 import shutil
+import subprocess
 import sys
 import threading
 import time
-import traceback
 import uuid
 from pathlib import Path
 
-from .base import JobSpec, JobState, JobStatus, Launcher, LauncherError, decode_event, encode_event, run_hook
+from .base import (
+    JobSpec, JobState, JobStatus, Launcher, LauncherError, collect_results, decode_event, encode_event, run_hook,
+)
+from .resp import SendOnlyConnection, pack
 
 log = logging.getLogger("flotilla.launcher.local")
 
@@ -62,6 +72,9 @@ JOB_UNSTARTED = JobStatus(JobState.QUEUED)  # what counts for a job no journal l
 # Server secrets and settings never reach members' environments.
 PRIVATE_ENV = {"SECRET_KEY", "DATABASE_URL", "REDIS_URL", "DJANGO_SETTINGS_MODULE", "DJANGO_ALLOW_ASYNC_UNSAFE"}
 PRIVATE_ENV_PREFIXES = ("FLOTILLA_", "CELERY_")
+# Every member process carries its key here, so that the runner can tell whose
+# orphans are whose (a child that started a session of its own leaves the group).
+MEMBER_MARKER = "FLOTILLA_MEMBER"
 
 
 def wake_key(stream: str) -> str:
@@ -93,13 +106,7 @@ class EventSink:
     PAUSE_AFTER_ERROR = 5.0
 
     def __init__(self, redis_url: str | None, stream: str, group: str):
-        self.connection = None
-        if redis_url:
-            import redis
-
-            self.connection = redis.ConnectionPool.from_url(
-                redis_url, socket_timeout=0.5, socket_connect_timeout=0.5, redis_connect_func=_replies_off
-            ).make_connection()
+        self.connection = SendOnlyConnection(redis_url) if redis_url else None
         self.command_head = [b"XADD", stream.encode(), b"MAXLEN", b"~", b"100000", b"*", b"group", group.encode(), b"events"]
         self.wake_key = wake_key(stream).encode()
         self.lines: list[str] = []
@@ -115,11 +122,11 @@ class EventSink:
         if self.connection is None or not (self.lines or last) or (not last and time.monotonic() < self.paused_until):
             return
         lines, self.lines = self.lines, []
-        commands = [_resp([*self.command_head, "\n".join(lines).encode(), *((b"last", b"1") if last else ())])]
+        commands = [pack([*self.command_head, "\n".join(lines).encode(), *((b"last", b"1") if last else ())])]
         if last:
-            commands += [_resp([b"LPUSH", self.wake_key, b"1"]), _resp([b"LTRIM", self.wake_key, b"0", b"0"])]
+            commands += [pack([b"LPUSH", self.wake_key, b"1"]), pack([b"LTRIM", self.wake_key, b"0", b"0"])]
         try:
-            self.connection.send_packed_command(commands)
+            self.connection.send(commands)
         except Exception as error:
             log.warning("could not push %d event(s): %s", len(lines), error)
             self.connection.disconnect()
@@ -132,16 +139,50 @@ class EventSink:
             self.connection.disconnect()
 
 
-def _resp(parts: list[bytes]) -> bytes:
-    """A command in Redis's wire format (RESP), as redis-py's pack_command makes it
-    without its per-argument type checks, which cost more than the send."""
-    return b"*%d\r\n" % len(parts) + b"".join(b"$%d\r\n%s\r\n" % (len(part), part) for part in parts)
+class PipeSink:
+    """Writes journal lines to a pipe, for a relay (``launchers.relay``) that pushes
+    them to Redis: a runner working as another account than the server's must not
+    hold the server's Redis credentials (its members could read them from its
+    memory). Never blocks: a full pipe keeps the lines for the next send, a closed
+    one (the relay died) ends sending; the journals stay the source of truth."""
 
+    def __init__(self, fd: int):
+        self.fd: int | None = fd
+        os.set_blocking(fd, False)
+        self.lines: list[str] = []
+        self.pending = b""
 
-def _replies_off(connection) -> None:
-    """redis-py's connect hook: the usual handshake, then no more replies on this connection."""
-    connection.on_connect()
-    connection.send_command("CLIENT", "REPLY", "OFF")
+    def emit(self, line: str) -> None:
+        if self.fd is not None:
+            self.lines.append(line)
+
+    def send(self, *, last: bool = False) -> None:
+        if self.fd is None:
+            return
+        if self.lines:
+            self.pending += ("\n".join(self.lines) + "\n").encode()
+            self.lines = []
+        while self.pending:
+            try:
+                written = os.write(self.fd, self.pending)
+            except BlockingIOError:
+                return
+            except OSError:
+                self.fd, self.pending = None, b""
+                return
+            self.pending = self.pending[written:]
+
+    def close(self) -> None:
+        if self.fd is None:
+            return
+        self.send()
+        deadline = time.monotonic() + 5.0  # the relay is behind: give it a moment, then go
+        while self.fd is not None and self.pending and time.monotonic() < deadline:
+            select.select([], [self.fd], [], max(0.0, deadline - time.monotonic()))
+            self.send()
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
 
 
 class Journals:
@@ -186,7 +227,7 @@ class Journals:
 def _lock_run(work_dir: Path, *, wait: bool) -> int | None:
     """The run's lock as an open fd (closing it releases the lock), or None if
     another process holds it and ``wait`` is false."""
-    fd = os.open(work_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    fd = os.open(work_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -227,63 +268,134 @@ def _executable(name: str, env: dict[str, str]) -> str:
     return found
 
 
-def _start_detached(main, log_path: Path, pid_path: Path) -> int:
-    """Run ``main()`` in a forked process that belongs to nobody (its own session,
-    adopted by init), with its output going to ``log_path``; returns its pid. The
-    process writes ``pid_path`` before anything else, so that nobody ever sees its
-    work without it (a member it started, say, taken for an orphan)."""
-    read_end, write_end = os.pipe()
-    child = os.fork()
-    if child == 0:
-        status = 1
-        try:
-            os.close(read_end)
-            os.setsid()
-            grandchild = os.fork()
-            if grandchild:
-                os.write(write_end, str(grandchild).encode())
-                status = 0
-            else:
-                os.close(write_end)
-                pid_path.write_text(str(os.getpid()))
-                _become_runner(log_path)
-                main()
-                status = 0
-        except BaseException:
-            traceback.print_exc()  # to the runner's log (or the caller's stderr, if it failed before)
-        finally:
-            os._exit(status)  # never return into the caller's code (a Celery task, a test...)
-    os.close(write_end)
-    os.waitpid(child, 0)
-    with os.fdopen(read_end, "rb") as pipe:
-        pid = pipe.read()
-    if not pid:
-        raise LauncherError("could not start the local runner")
-    return int(pid)
+class MemberFolderGone(Exception):
+    """The member's folder was deleted between its preparation and its start."""
 
 
-def _become_runner(log_path: Path) -> None:
-    """Shed what the forked process inherited: signal handlers, output, open files;
-    and keep the garbage collector off the caller's objects (a Celery worker's
-    whole Django), which the runner never frees: scanning them would cost a
-    collection tens of milliseconds, and copy their pages."""
-    gc.freeze()
-    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR2, signal.SIGCHLD):
-        signal.signal(signum, signal.SIG_DFL)
+def _open_output(path: str) -> int:
+    """A member's stdout or stderr, for appending; never through a symbolic link
+    (an attached file with the output's name must not receive the member's output)."""
+    try:
+        return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+    except OSError as error:
+        if error.errno == errno.ELOOP:
+            raise OSError(errno.ELOOP, f"its output file {path} is a symbolic link (an attached file has its name)") from None
+        raise
+
+
+def _group_exists(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _group_members(pgid: int) -> set[int]:
+    """The processes of a process group (a scan of /proc: only when the group outlived its leader)."""
+    members = set()
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            try:
+                with open(f"/proc/{entry.name}/stat") as handle:
+                    fields = handle.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[2]) == pgid and fields[0] != "Z":
+                members.add(int(entry.name))
+    return members
+
+
+def _marker(pid: int) -> str | None:
+    """The member key a process inherited in its environment, if it still has it."""
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as handle:
+            environ = handle.read()
+    except OSError:
+        return None
+    prefix = MEMBER_MARKER.encode() + b"="
+    for item in environ.split(b"\0"):
+        if item.startswith(prefix):
+            return item[len(prefix):].decode(errors="replace")
+    return None
+
+
+def _reap_if_exited(pid: int) -> bool:
+    """Reap a child of the runner if it has exited; whether it had."""
+    try:
+        done, _ = os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        return not _pid_alive(pid)
+    return done != 0
+
+
+RUNNER_PROGRAM = Path(__file__).with_name("runner_main.py")
+PR_SET_CHILD_SUBREAPER = 36
+
+
+def _start_runner(config: dict, log_path: Path, pid_path: Path) -> int:
+    """Start a runner as a fresh program (``runner_main.py``), not a fork of the
+    caller: a member can read its parent's environment and memory, and the
+    caller (a Celery worker) holds the server's secrets in both. The runner gets
+    an empty environment and its configuration on stdin: its jobs, and the
+    Redis URL it pushes events to. It detaches (its own session, adopted by
+    init) and the launching process writes its pid file before this returns,
+    so nobody ever sees its work without it (a member it started, say, taken
+    for an orphan). Returns the runner's pid."""
+    log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+    try:
+        process = subprocess.Popen(
+            [sys.executable, "-I", str(RUNNER_PROGRAM), str(pid_path)],
+            stdin=subprocess.PIPE,
+            stdout=None if config.get("events_to_stdout") else subprocess.DEVNULL,  # a relay reads them there
+            stderr=log_fd, env={}, close_fds=True,
+        )
+    finally:
+        os.close(log_fd)
+    process.communicate(json.dumps(config).encode(), timeout=60)
+    try:
+        pid = int(pid_path.read_text()) if process.returncode == 0 else None
+    except (OSError, ValueError):
+        pid = None
+    if pid is None:
+        raise LauncherError(f"could not start the local runner (see {log_path})")
+    return pid
+
+
+def runner_main(pid_path: str) -> None:
+    """``runner_main.py``: read the configuration, detach, and run the jobs.
+    Everything the runner and its members create is readable by their account only."""
     signal.signal(signal.SIGUSR1, signal.SIG_IGN)  # a cancel's nudge must not kill it; the runner reads the keys anyway
-    signal.pthread_sigmask(signal.SIG_SETMASK, [])
+    config = json.loads(sys.stdin.buffer.read())
+    os.umask(0o077)
+    child = os.fork()
+    if child:
+        Path(pid_path).write_text(str(child))
+        os._exit(0)
+    os.setsid()
     null = os.open(os.devnull, os.O_RDONLY)
-    output = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
     os.dup2(null, 0)
-    os.dup2(output, 1)
-    os.dup2(output, 2)
-    os.closerange(3, os.sysconf("SC_OPEN_MAX"))  # the caller's sockets: never touched, never written
-    sys.stdout = open(1, "w", buffering=1, closefd=False)  # the caller's may be anything (e.g. a capture buffer)
-    sys.stderr = open(2, "w", buffering=1, closefd=False)
+    os.close(null)
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
-    logging.root.handlers = [handler]  # the caller's handlers are dropped, not closed: they are not ours
+    logging.root.handlers = [handler]
     logging.root.setLevel(logging.INFO)
+    _become_subreaper()
+    config["jobs"] = [JobSpec(**job) for job in config["jobs"]]
+    config["work_dir"] = Path(config["work_dir"])
+    Runner(**config).run()
+
+
+def _become_subreaper() -> None:
+    """Orphans of members (a ``sleep &`` left behind, a child started with
+    ``setsid``) become the runner's children instead of init's, so it can end them."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
+        log.warning("could not become a child subreaper: %s", os.strerror(ctypes.get_errno()))
 
 
 class LocalLauncher(Launcher):
@@ -297,8 +409,11 @@ class LocalLauncher(Launcher):
         stream: str = "flotilla:events",
         grace: float = 10.0,
         base_env: dict[str, str] | None = None,
+        max_output_bytes: int | None = None,
     ):
         self.work_dir = Path(work_dir)
+        self.max_output_bytes = max_output_bytes
+        self.events_to_stdout = False  # the agent's submit: a relay reads the runner's events on its stdout
         self.redis_url = redis_url
         self.stream = stream
         self.grace = grace
@@ -327,20 +442,22 @@ class LocalLauncher(Launcher):
         self.work_dir.mkdir(parents=True, exist_ok=True)
         # Named in submission order: a job a dead runner left Queued is recorded again by a later one.
         name = f"runner-{time.time_ns():016x}-{uuid.uuid4().hex[:6]}"
-        runner = Runner(
-            work_dir=self.work_dir,
-            name=name,
-            jobs=jobs,
-            group=group,
-            concurrency=concurrency or os.cpu_count() or 1,
-            grace=self.grace,
-            base_env=self.base_env,
-            redis_url=self.redis_url,
-            stream=self.stream,
-        )
+        config = {
+            "work_dir": str(self.work_dir),
+            "name": name,
+            "jobs": [dataclasses.asdict(job) for job in jobs],
+            "group": group,
+            "concurrency": concurrency or os.cpu_count() or 1,
+            "grace": self.grace,
+            "max_output_bytes": self.max_output_bytes,
+            "base_env": self.base_env,
+            "redis_url": self.redis_url,
+            "stream": self.stream,
+            "events_to_stdout": self.events_to_stdout,
+        }
         try:
-            _start_detached(runner.run, self.work_dir / f"{name}.log", self.work_dir / f"{name}.pid")
-        except OSError as error:
+            _start_runner(config, self.work_dir / f"{name}.log", self.work_dir / f"{name}.pid")
+        except (OSError, subprocess.SubprocessError) as error:
             raise LauncherError(f"could not start the local runner: {error}") from None
 
     # --- observing --------------------------------------------------------------
@@ -417,8 +534,11 @@ class Runner:
     CANCEL_CHECK = 1.0  # seconds: the cancelled keys are read this often even without a signal
 
     def __init__(self, *, work_dir: Path, name: str, jobs: list[JobSpec], group: str, concurrency: int, grace: float,
-                 base_env: dict[str, str], redis_url: str | None, stream: str):
+                 base_env: dict[str, str], redis_url: str | None, stream: str, max_output_bytes: int | None = None,
+                 events_to_stdout: bool = False):
         self.work_dir = work_dir
+        self.max_output_bytes = max_output_bytes
+        self.events_to_stdout = events_to_stdout
         self.name = name
         self.jobs = jobs
         self.group = group
@@ -448,10 +568,9 @@ class Runner:
         try:
             if job.prepare:
                 run_hook(job.prepare)
-            flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC
-            out = os.open(job.stdout, flags, 0o644)
+            out = _open_output(job.stdout)
             try:
-                err = os.open(job.stderr, flags, 0o644)
+                err = _open_output(job.stderr)
             except OSError:
                 os.close(out)
                 raise
@@ -468,10 +587,15 @@ class Runner:
             self.record(job, JobStatus(JobState.RUNNING, started=started), push=False)  # never started twice from here on
             try:
                 pid = self.spawn(job, out, err)
+            except MemberFolderGone:
+                message = f"its folder {job.cwd} was deleted before it could start"
+                self.record(job, JobStatus(JobState.FAILED, started=started, ended=time.time(), error=message))
+                return
             except OSError as error:
                 code = 127 if isinstance(error, FileNotFoundError) else 126
-                os.write(err, f"flotilla: cannot run {job.argv[0]!r} in {job.cwd}: {error.strerror}\n".encode())
-                self.record(job, JobStatus(JobState.FAILED, returncode=code, started=started, ended=time.time()))
+                message = f"cannot run {job.argv[0]!r} in {job.cwd}: {error.strerror}"
+                os.write(err, f"flotilla: {message}\n".encode())
+                self.record(job, JobStatus(JobState.FAILED, returncode=code, started=started, ended=time.time(), error=message))
                 return
         finally:
             os.close(out)
@@ -491,8 +615,14 @@ class Runner:
         session is a new scheduling group, which makes short members ~3% slower,
         and would give each member as much CPU as the whole web server. Members
         share the runner's session, which has no terminal."""
-        env = {**self.base_env, **job.env}
-        os.chdir(job.cwd)  # posix_spawn has no chdir action in Python 3.11
+        env = {**self.base_env, **job.env, MEMBER_MARKER: job.key}
+        try:
+            os.chdir(job.cwd)  # posix_spawn has no chdir action in Python 3.11
+        except FileNotFoundError:
+            raise MemberFolderGone from None
+        if self.max_output_bytes:  # inherited at spawn: no file the member writes may grow past it
+            # (the soft limit only: the runner could not raise a hard one back)
+            resource.setrlimit(resource.RLIMIT_FSIZE, (self.max_output_bytes, self.fsize_limit[1]))
         try:
             return os.posix_spawn(
                 _executable(job.argv[0], env),
@@ -503,6 +633,8 @@ class Runner:
                 setsigdef=(signal.SIGPIPE, signal.SIGXFSZ),  # ignored by Python, default for any program (as Popen does)
             )
         finally:
+            if self.max_output_bytes:
+                resource.setrlimit(resource.RLIMIT_FSIZE, self.fsize_limit)
             os.fchdir(self.home)
 
     def reap(self, pidfd: int) -> None:
@@ -510,24 +642,80 @@ class Runner:
         self.epoll.unregister(pidfd)
         os.close(pidfd)
         _, wait_status = os.waitpid(pid, 0)
+        # Its group id stays reserved while any process of the group lives, so one
+        # killpg(pgid, 0) tells whether it left anything behind.
+        leftovers = self.end_leftovers(pid, job.key)
         returncode = os.waitstatus_to_exitcode(wait_status)
         ended = time.time()
+        notes = []
+        if returncode == -signal.SIGXFSZ and self.max_output_bytes:
+            notes.append(f"stopped: it wrote a file past the output limit of {self.max_output_bytes:,} bytes")
+        if leftovers:
+            notes.append(f"{leftovers} process{'es' if leftovers > 1 else ''} it left running "
+                         f"{'were' if leftovers > 1 else 'was'} killed")
         self.killed.discard(job.key)
         if self.terminated.pop(job.key, None) is not None:
             state = JobState.CANCELLED
         else:
             state = JobState.COMPLETED if returncode == 0 else JobState.FAILED
+        results = collect_results(job.cwd, job.results_file) if state == JobState.COMPLETED and job.results_file else None
         self.record(
             job,
             JobStatus(
                 state,
+                results=results,
                 job_id=str(pid),
                 returncode=returncode if returncode >= 0 else None,
                 signal=-returncode if returncode < 0 else None,
                 started=started,
                 ended=ended,
+                error="; ".join(notes) or None,
             ),
         )
+
+    # --- what members leave behind ------------------------------------------------------
+
+    def children(self) -> set[int]:
+        """The runner's child processes (its members, and orphans it inherited as subreaper)."""
+        try:
+            with open(f"/proc/self/task/{os.getpid()}/children") as handle:
+                return {int(pid) for pid in handle.read().split()}
+        except OSError:
+            return set()
+
+    def orphans(self) -> set[int]:
+        return self.children() - {pid for _, _, pid in self.running.values()}
+
+    def reap_orphans(self) -> None:
+        """Orphans that exited on their own are reaped (they would stay zombies)."""
+        for pid in self.orphans():
+            _reap_if_exited(pid)
+
+    def end_leftovers(self, pgid: int, key: str | None) -> int:
+        """SIGKILL what a member left running when its main process ended: its
+        process group, and orphans that carry its marker (a child that started a
+        session of its own); ``key`` None: every orphan. Returns how many were
+        killed. Bounded in time: a process stuck in the kernel is left to init."""
+        killed: set[int] = set()
+        deadline = time.monotonic() + 2.0
+        while time.monotonic() < deadline:
+            found = _group_members(pgid) if pgid and _group_exists(pgid) else set()
+            for pid in self.orphans():
+                if key is None or _marker(pid) == key:
+                    found.add(pid)
+            alive = {pid for pid in found if not _reap_if_exited(pid) and _pid_alive(pid)}
+            if not alive:
+                break
+            for pid in alive:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            killed |= alive
+            time.sleep(0.001)  # let the kernel deliver; orphans of the killed come to the runner
+        for pid in self.orphans():
+            _reap_if_exited(pid)
+        return len(killed)
 
     # --- cancelling -------------------------------------------------------------------
 
@@ -579,6 +767,7 @@ class Runner:
 
     def run(self) -> None:
         self.home = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)  # the caller's folder: relative paths keep their meaning
+        self.fsize_limit = resource.getrlimit(resource.RLIMIT_FSIZE)
         wake_read, wake_write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         signal.set_wakeup_fd(wake_write)
         signal.signal(signal.SIGUSR1, lambda signum, frame: None)  # its byte on the pipe wakes the loop
@@ -588,8 +777,9 @@ class Runner:
         self.pending = collections.deque(
             job for job in self.jobs if recorded.get(job.key, ("", JOB_UNSTARTED))[1].state == JobState.QUEUED
         )
-        self.journal = os.open(self.work_dir / f"{self.name}{JOURNAL_SUFFIX}", os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
-        self.events = EventSink(self.redis_url, self.stream, self.group)
+        self.journal = os.open(self.work_dir / f"{self.name}{JOURNAL_SUFFIX}", os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        # Straight to Redis, or to a relay that holds the credentials (a runner of a user's account).
+        self.events = PipeSink(1) if self.events_to_stdout else EventSink(self.redis_url, self.stream, self.group)
         self.epoll = select.epoll()  # the selectors module's bookkeeping costs more than the calls
         self.epoll.register(wake_read, select.EPOLLIN)
         self.refresh_cancelled()
@@ -597,6 +787,7 @@ class Runner:
         while self.pending or self.ready or self.running:
             if time.monotonic() - last_check >= self.CANCEL_CHECK:
                 self.refresh_cancelled()
+                self.reap_orphans()
                 last_check = time.monotonic()
             while len(self.running) < self.concurrency and (self.ready or self.pending):
                 if self.ready or self.prepare(self.pending.popleft()):
@@ -615,6 +806,9 @@ class Runner:
                     last_check = 0.0  # a cancel: read the keys now
                 else:
                     self.reap(fd)
+        stray = self.end_leftovers(0, None)  # orphans no member could be told from (their environment was cleared)
+        if stray:
+            log.warning("killed %d process(es) that members left running", stray)
         self.events.close()
         usage = resource.getrusage(resource.RUSAGE_SELF)
         members = resource.getrusage(resource.RUSAGE_CHILDREN)

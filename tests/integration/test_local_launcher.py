@@ -239,3 +239,117 @@ def test_lines_emitted_between_two_sends_share_one_stream_entry(stream):
     client.rpush(wake_key(stream), "stale", "stale")
     EventSink(settings.REDIS_URL, stream, "g15").close()
     wait_for(lambda: client.lrange(wake_key(stream), 0, -1) == ["1"])  # one wake-up at most, however many senders ended
+
+
+# --- what a member can reach, and what it leaves behind ----------------------------
+
+
+def _proc_alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            return handle.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def test_a_members_parent_holds_no_secret_in_its_environment_or_command_line(launcher, tmp_path, monkeypatch):
+    """The runner is a fresh program, not a fork of its caller (a Celery worker holds SECRET_KEY, DATABASE_URL...)."""
+    monkeypatch.setenv("SECRET_KEY", "the-servers-secret-key")
+    monkeypatch.setenv("DATABASE_URL", "postgres://flotilla:db-password@127.0.0.1/flotilla")
+    script = ("import os; ppid = os.getppid(); "
+              "print(open(f'/proc/{ppid}/environ', 'rb').read().decode(errors='replace')); "
+              "print(open(f'/proc/{ppid}/cmdline', 'rb').read().decode(errors='replace'))")
+    jobs = [job(tmp_path, "peek", [PY, "-c", script])]
+    launcher.submit(jobs, group="g20")
+    assert settle(launcher, jobs)["peek"].state == JobState.COMPLETED
+    seen = (tmp_path / "peek" / "peek.out").read_text()
+    assert "runner_main.py" in seen  # it did read its parent, the runner
+    for secret in ("the-servers-secret-key", "db-password", "SECRET_KEY", "DATABASE_URL", "REDIS_URL", settings.REDIS_URL):
+        assert secret not in seen
+
+
+def test_cancel_kills_a_child_that_ignores_sigterm(launcher, tmp_path):
+    script = ("import subprocess, time; child = subprocess.Popen(['sh', '-c', 'trap \"\" TERM; while :; do sleep 1; done']); "
+              "print(child.pid, flush=True); time.sleep(60)")
+    jobs = [job(tmp_path, "stubborn", [PY, "-c", script])]
+    launcher.submit(jobs, group="g21")
+    out = tmp_path / "stubborn" / "stubborn.out"
+    child = int(wait_for(lambda: out.exists() and out.read_text().strip()))
+    launcher.cancel(jobs, group="g21")
+    result = settle(launcher, jobs, timeout=10)["stubborn"]
+    assert (result.state, result.signal) == (JobState.CANCELLED, signal.SIGTERM)  # the main process died of SIGTERM...
+    assert not _proc_alive(child)  # ...and the child that ignored it did not outlive it
+    assert "killed" in result.error
+
+
+@pytest.mark.parametrize("how", ["background", "setsid"])
+def test_a_member_that_exits_leaves_no_process_behind_and_says_so(launcher, tmp_path, how):
+    """`sleep &` stays in the member's process group; a child with a session of its own leaves the group."""
+    script = ("import subprocess; child = subprocess.Popen(['sleep', '60'], start_new_session=%s); print(child.pid, flush=True)"
+              % (how == "setsid"))
+    jobs = [job(tmp_path, how, [PY, "-c", script])]
+    launcher.submit(jobs, group="g22")
+    result = settle(launcher, jobs)[how]
+    child = int((tmp_path / how / f"{how}.out").read_text())
+    assert result.state == JobState.COMPLETED and result.returncode == 0
+    assert not _proc_alive(child)  # gone by the time the member is recorded as ended
+    assert result.error == "1 process it left running was killed"
+
+
+def test_a_member_that_leaves_nothing_behind_gets_no_note(launcher, tmp_path):
+    jobs = [job(tmp_path, "tidy", [PY, "-c", "import subprocess; subprocess.run(['true'])"])]
+    launcher.submit(jobs, group="g23")
+    result = settle(launcher, jobs)["tidy"]
+    assert (result.state, result.error) == (JobState.COMPLETED, None)
+
+
+def test_a_member_is_stopped_at_the_output_limit_and_told_why(tmp_path, stream):
+    limit = 1024 * 1024
+    launcher = LocalLauncher(work_dir=tmp_path / "run", redis_url=settings.REDIS_URL, stream=stream, max_output_bytes=limit)
+    jobs = [job(tmp_path, "chatty", ["yes"]), job(tmp_path, "quiet", [PY, "-c", "print('fine')"])]
+    launcher.submit(jobs, group="g24")
+    result = settle(launcher, jobs)
+    assert (result["chatty"].state, result["chatty"].signal) == (JobState.FAILED, signal.SIGXFSZ)
+    assert "output limit of 1,048,576 bytes" in result["chatty"].error
+    assert (tmp_path / "chatty" / "chatty.out").stat().st_size == limit
+    assert result["quiet"].state == JobState.COMPLETED  # the runner's own limit is back for the next member
+
+
+def test_output_never_goes_through_a_symbolic_link(launcher, tmp_path):
+    """An attached file (a symlink) with the output's name must not receive the member's output."""
+    target = tmp_path / "precious.txt"
+    target.write_text("keep me\n")
+    jobs = [job(tmp_path, "linked", ["/bin/echo", "overwritten?"])]
+    os.symlink(target, jobs[0].stdout)
+    launcher.submit(jobs, group="g25")
+    result = settle(launcher, jobs)["linked"]
+    assert result.state == JobState.FAILED and "is a symbolic link" in result.error
+    assert target.read_text() == "keep me\n"
+
+
+def test_a_member_whose_folder_was_deleted_fails_with_a_message(launcher, tmp_path):
+    spec = job(tmp_path, "gone", ["/bin/true"])
+    spec.cwd = str(tmp_path / "deleted-folder")  # its outputs can still be opened, its folder is gone
+    launcher.submit([spec], group="g26")
+    result = settle(launcher, [spec])["gone"]
+    assert result.state == JobState.FAILED and "was deleted before it could start" in result.error
+
+
+def test_what_the_runner_and_members_write_is_readable_by_their_account_only(launcher, tmp_path):
+    jobs = [job(tmp_path, "modes", [PY, "-c", "open('result.txt', 'w').write('1'); import os; os.mkdir('sub')"])]
+    launcher.submit(jobs, group="g27")
+    settle(launcher, jobs)
+    written = [tmp_path / "modes" / name for name in ("modes.out", "modes.err", "result.txt", "sub")]
+    written += [path for path in (tmp_path / "run").iterdir()]
+    for path in written:
+        assert path.stat().st_mode & 0o077 == 0, path
+
+
+def test_the_runner_reads_the_results_of_a_member_that_completed(launcher, tmp_path):
+    script = "import json; json.dump({'energy': 0.25, 'label': 'x'}, open('results.json', 'w'))"
+    jobs = [job(tmp_path, "done", [PY, "-c", script], results_file="results.json"),
+            job(tmp_path, "failed", [PY, "-c", script + "; raise SystemExit(1)"], results_file="results.json")]
+    launcher.submit(jobs, group="g28")
+    result = settle(launcher, jobs)
+    assert result["done"].results == {"energy": 0.25}
+    assert result["failed"].results is None  # only a completed member's results count

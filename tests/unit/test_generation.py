@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-from ensembles.generation import FileRefused, check_configurable, render_tags, resolve_source
+from ensembles.generation import FileRefused, Generator, check_configurable, render_tags, resolve_source
 
 # (text, params, tag, expected text, expected unknown)
 RENDER_CASES = {
@@ -231,3 +231,13 @@ def test_check_configurable_refuses_a_folder_holding_a_linked_folder(tmp_path):
     os.symlink(tmp_path, folder / "loop", target_is_directory=True)
     with pytest.raises(FileRefused, match="loop"):
         check_configurable(folder)
+
+
+def test_an_attached_file_may_not_take_the_name_of_the_members_output(tmp_path):
+    source = tmp_path / "sweep_0.out"
+    source.write_text("an attachment\n")
+    generator = Generator(copy=[source], roots=[tmp_path])
+    with pytest.raises(FileRefused, match="sweep_0.out, the name of the member's output"):
+        generator.generate(tmp_path / "members" / "sweep_0", "sweep_0", {}, trash=[])
+    generator.generate(tmp_path / "members" / "sweep_1", "sweep_1", {}, trash=[])  # another member's name is fine
+    assert (tmp_path / "members" / "sweep_1" / "sweep_0.out").read_text() == "an attachment\n"
