@@ -7,7 +7,7 @@
   other Flotilla instance on the same server (its Celery worker on the default
   queue, its monitor, its channel layer) sees the bench's tasks and pushes;
 - a fresh event stream name (FLOTILLA_EVENT_STREAM) and Celery queue (FLOTILLA_TASK_QUEUE);
-- child processes (Celery worker, monitor, daphne) get this process's environment,
+- child processes (Celery worker, monitor, web server) get this process's environment,
   each in its own process group, and are stopped in ``Stack.close``.
 """
 
@@ -142,8 +142,10 @@ class Stack:
         profile = [str(BASE_DIR / "bench" / "_cpuprofile.py")] if os.environ.get("BENCH_PROFILE_MONITOR") else []
         return self.start("monitor", [sys.executable, *profile, str(BASE_DIR / "manage.py"), "monitor"])
 
-    def start_daphne(self, port: int) -> subprocess.Popen:
-        return self.start("daphne", [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "webapp.asgi:application"])
+    def start_server(self, port: int) -> subprocess.Popen:
+        from webapp.supervisor import server_argv
+
+        return self.start("web", server_argv("127.0.0.1", port, access_log=False))
 
     def cpu_seconds(self) -> dict[str, float]:
         """CPU seconds used so far by each child's process group, and by the Redis

@@ -1,6 +1,6 @@
 """Member exit -> websocket message at a browser, through the whole stack.
 
-daphne + a Celery worker + the monitor run as real processes. A logged-in
+uvicorn + a Celery worker + the monitor run as real processes. A logged-in
 websocket client (session cookie from django.test.Client.force_login, Origin
 http://127.0.0.1:<port>) subscribes to ws://127.0.0.1:<port>/ws/runs/<id>/.
 The run has 50 members (concurrency 50), member i sleeping 0.2 + 0.05*i s, so
@@ -96,7 +96,7 @@ def one_trial(stack, user, port: int, session: str, trial: int) -> dict:
     )
     held = []
     enqueue = services._enqueue
-    services._enqueue = lambda *args: held.append(args)  # hold the submit until the socket is open
+    services._enqueue = lambda *args, **options: held.append(args)  # hold the submit until the socket is open
     try:
         run = services.run_launch(user=user, experiment=experiment, concurrency=MEMBERS)
     finally:
@@ -182,7 +182,7 @@ def main():
         session = browser.cookies["sessionid"].value
 
         port = free_port()
-        stack.start_daphne(port)
+        stack.start_server(port)
         stack.start_worker()
         stack.start_monitor()
         deadline = time.monotonic() + 60
@@ -193,7 +193,7 @@ def main():
                 break
             except OSError:
                 if time.monotonic() > deadline:
-                    raise RuntimeError("daphne did not answer /healthz") from None
+                    raise RuntimeError("the web server did not answer /healthz") from None
                 time.sleep(0.1)
         stack.wait_worker()
         stack.wait_monitor()

@@ -1,6 +1,6 @@
 """One command to run Flotilla, or its tests, on any machine.
 
-    python -m webapp.supervisor run     # migrate, admin account, Redis, daphne + Celery worker + monitor
+    python -m webapp.supervisor run     # migrate, admin account, Redis, uvicorn + Celery worker + monitor
     python -m webapp.supervisor test    # Redis, then pytest with any extra arguments
 
 If nothing answers at REDIS_URL, a private ``redis-server`` (from PATH, else the
@@ -121,6 +121,31 @@ def ensure_secret_key(env: dict) -> None:
     env["SECRET_KEY"] = key_file.read_text().strip()
 
 
+def server_argv(host: str, port: int, *, access_log: bool = True) -> list[str]:
+    """The command that serves webapp.asgi over HTTP and websockets (uvicorn).
+
+    uvicorn's HTTP protocol applies flow control: it stops reading a socket while
+    the app is not consuming the request body, so with webapp/http_limits.py no
+    body is buffered past the upload limit. Proxy headers (X-Forwarded-Proto/-For
+    from FORWARDED_ALLOW_IPS, loopback by default) only behind an HTTPS proxy."""
+    behind_proxy = env_bool("BEHIND_HTTPS_PROXY", False)
+    argv = [
+        PYTHON, "-m", "uvicorn", "webapp.asgi:application", "--host", host, "--port", str(port),
+        "--http", "h11",  # flow control; pure Python, no build
+        "--h11-max-incomplete-event-size", str(16 * 1024),  # request line + headers
+        "--ws", "websockets-sansio",
+        "--ws-max-size", str(1024 * 1024),  # browsers send only small control messages
+        "--ws-ping-interval", "20", "--ws-ping-timeout", "20",  # browsers answer pings: idle sockets stay up
+        "--lifespan", "off",  # Channels' router has no lifespan
+        "--timeout-keep-alive", "15",
+        "--timeout-graceful-shutdown", "5",  # open websockets are closed, not waited for
+        "--proxy-headers" if behind_proxy else "--no-proxy-headers",
+    ]
+    if not access_log:
+        argv.append("--no-access-log")
+    return argv
+
+
 def manage(*args: str, env: dict) -> None:
     subprocess.run([PYTHON, str(BASE_DIR / "manage.py"), *args], env=env, check=True, cwd=BASE_DIR)
 
@@ -155,7 +180,7 @@ def run(host: str, port: int) -> int:
         manage("migrate", "--noinput", "-v", "0", env=env)
         manage("ensure_admin", env=env)
         children.append(
-            subprocess.Popen([PYTHON, "-m", "daphne", "-b", host, "-p", str(port), "webapp.asgi:application"], env=env, cwd=BASE_DIR)
+            subprocess.Popen(server_argv(host, port), env=env, cwd=BASE_DIR)
         )
         children.append(
             subprocess.Popen(

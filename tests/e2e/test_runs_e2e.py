@@ -11,7 +11,7 @@ from playwright.sync_api import expect
 from ensembles import services
 from ensembles.models import MemberRun
 from tests.conftest import wait_for
-from webapp.supervisor import free_port
+from webapp.supervisor import free_port, server_argv
 
 PY = sys.executable
 LOOP = "import sys, time\nfor i in range(int(sys.argv[-1].split('=')[-1])):\n    print(f'line {i}', flush=True)\n    time.sleep(0.1)"
@@ -105,7 +105,7 @@ def test_after_a_daphne_restart_the_page_reconnects_and_shows_the_truth(logged_i
     # A daphne of this test's own, so that it can be restarted on the same port.
     port = free_port()
     env = {**__import__("os").environ, "DJANGO_SETTINGS_MODULE": "webapp.settings_test", "DATABASE_URL": test_database_url}
-    argv = [PY, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "webapp.asgi:application"]
+    argv = server_argv("127.0.0.1", port, access_log=False)
 
     def start():
         process = subprocess.Popen(argv, env=env, cwd=settings.BASE_DIR, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
