@@ -12,13 +12,63 @@ import random
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
-__all__ = ["STRATEGIES", "ExpansionError", "ParameterSpace", "expand", "format_arg"]
+__all__ = [
+    "STRATEGIES",
+    "ExpansionError",
+    "ParameterSpace",
+    "count_parts",
+    "exact_count",
+    "expand",
+    "format_arg",
+    "format_count",
+]
 
 STRATEGIES = ("all_perm", "step", "random")
 
 
 class ExpansionError(ValueError):
     """The parameters or options cannot be expanded into members."""
+
+
+EXACT_BELOW = 10**21  # counts below this are written out in full
+_MAX_EXACT_DIGITS = 4000  # str(int) refuses more than 4300 digits by default
+
+
+def count_parts(n: int) -> tuple[str, str, int | None]:
+    """``n`` (a count >= 0, of any size) as (prefix, mantissa, exponent) for display.
+
+    Below ``EXACT_BELOW``: ("", "1,234", None), the exact number with separators.
+    Above: three significant digits and a power of ten, by integer arithmetic
+    (never float, which overflows beyond ~1.8e308, nor ``str``, which refuses
+    more than 4300 digits): ("", "1", 2400) for exactly 10^2400, ("≈ ", "1.23", 2400)
+    when digits were dropped (truncated, so 999.9 never shows as 10.0 × ...).
+    """
+    n = int(n)
+    if n < EXACT_BELOW:
+        return "", f"{n:,}", None
+    exponent = int(math.log10(n))  # math.log10 takes ints of any size; correct its rounding
+    if 10**exponent > n:
+        exponent -= 1
+    elif 10 ** (exponent + 1) <= n:
+        exponent += 1
+    lead = n // 10 ** (exponent - 2)  # three digits, 100..999
+    exact = lead * 10 ** (exponent - 2) == n
+    mantissa = f"{lead // 100}.{lead % 100:02d}".rstrip("0").rstrip(".")
+    return ("" if exact else "≈ "), mantissa, exponent
+
+
+def format_count(n: int) -> str:
+    """A count as plain text: ``1,234`` exactly, or ``10^2400`` / ``≈ 1.23 × 10^2400`` when huge."""
+    prefix, mantissa, exponent = count_parts(n)
+    if exponent is None:
+        return mantissa
+    return f"{prefix}10^{exponent}" if mantissa == "1" else f"{prefix}{mantissa} × 10^{exponent}"
+
+
+def exact_count(n: int) -> str:
+    """All the digits of ``n`` (for machine-readable attributes); the short form beyond 4000 digits."""
+    n = int(n)
+    return str(n) if n.bit_length() <= _MAX_EXACT_DIGITS * 3.32 else format_count(n)
 
 
 class ParameterSpace(Sequence):
@@ -61,7 +111,7 @@ class ParameterSpace(Sequence):
         if index < 0:
             index += self._length
         if not 0 <= index < self._length:
-            raise IndexError(f"member index out of range (the space has {self._length} members)")
+            raise IndexError(f"member index out of range (the space has {format_count(self._length)} members)")
         return self._member(index)
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
@@ -69,7 +119,7 @@ class ParameterSpace(Sequence):
             yield self._member(i)
 
     def __repr__(self) -> str:
-        return f"<ParameterSpace {len(self)} members over {list(self.names)}>"
+        return f"<ParameterSpace {format_count(self.size)} members over {list(self.names)}>"
 
 
 def _range_size(positions: range) -> int:
@@ -168,9 +218,12 @@ def expand(
             return {name: column[k] for name, column in zip(names, columns)}
 
     else:
-        count = math.prod(lengths)
-        # Mixed-radix place values, last parameter fastest (itertools.product order).
-        strides = [math.prod(lengths[i + 1 :]) for i in range(len(lengths))]
+        # Mixed-radix place values, last parameter fastest (itertools.product order);
+        # suffix products in one pass (quadratic big-int work for 200 huge columns otherwise).
+        strides = [1] * len(lengths)
+        for i in range(len(lengths) - 2, -1, -1):
+            strides[i] = strides[i + 1] * lengths[i + 1]
+        count = strides[0] * lengths[0] if lengths else 1
 
         def combination(k: int) -> dict[str, Any]:
             return {
@@ -189,13 +242,13 @@ def expand(
             count = n_models
         elif n_models:
             warnings.append(
-                f"n_models={n_models} is not smaller than the {count} possible combination(s): "
+                f"n_models={n_models} is not smaller than the {format_count(count)} possible combination(s): "
                 "all of them are used, in all_perm order."
             )
 
     if replicas > 1 and names:
         warnings.append(
-            f"replicas={replicas} repeats each of the {count} combination(s) (SmartSim 0.8 ignores "
+            f"replicas={replicas} repeats each of the {format_count(count)} combination(s) (SmartSim 0.8 ignores "
             "replicas when params are given)."
         )
     total = count * replicas

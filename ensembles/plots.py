@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 
-from .expansion import ParameterSpace
+from .expansion import ParameterSpace, format_count
 
 MAX_SCATTER_POINTS = 1000
 
@@ -25,7 +25,7 @@ def parameter_scatter(space: ParameterSpace, names: list[str], max_points: int =
         member = space[index]
         for name in names:
             columns[name].append(member[name])
-    title = f"{len(indexes):,} of {total:,} members" if total > max_points else f"{total:,} members"
+    title = f"{len(indexes):,} of {format_count(total)} members" if total > max_points else f"{format_count(total)} members"
     marker = {"size": 5 if len(names) == 3 else 7, "opacity": 0.8, "color": "#1e88e5"}
     hover = [f"member {i}" for i in indexes]
     if len(names) == 2:

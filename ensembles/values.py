@@ -8,17 +8,25 @@ quoted strings, and lazy ranges::
     linspace(0, 1, 5)       logspace(-3, 0, 4)
 
 Items may be mixed (``0, range(5, 8), 100``). Ranges stay lazy, so
-``range(0, 10**9)`` costs nothing until a member is looked up.
+``range(0, 10**9)`` costs nothing until a member is looked up: a range's length
+and its i-th value are computed by exact arithmetic on the numbers as typed,
+never by a loop, so parsing costs the same for any magnitudes. A float range or
+linspace whose step is finer than the float resolution at its magnitude (its
+values would repeat) is refused with a message giving the smallest usable step.
 """
 
 from __future__ import annotations
 
 import bisect
 import math
+import operator
 import re
 from collections.abc import Sequence
 from decimal import Decimal
+from fractions import Fraction
 from typing import Any
+
+from .expansion import format_count
 
 __all__ = ["ValueSyntaxError", "infer_type", "is_numeric", "parse_values"]
 
@@ -29,24 +37,32 @@ class ValueSyntaxError(ValueError):
     """The text is not a valid value list; the message says where and why."""
 
 
-def _before(value, stop, step) -> bool:
-    return value < stop if step > 0 else value > stop
-
-
 class ArithmeticRange(Sequence):
-    """``start, start+step, ...`` below ``stop``, rounded to the literals' decimals."""
+    """``start, start+step, ...`` before ``stop``, computed exactly from the typed numbers.
 
-    def __init__(self, start, stop, step, decimals: int):
-        self.start, self.stop, self.step, self.decimals = start, stop, step, decimals
-        length = max(0, math.ceil((stop - start) / step))
-        # Float error can add one value too many: drop a last value that rounds onto stop.
-        while length and not _before(self._value(length - 1), stop, step):
-            length -= 1
-        self._length = length
+    The numbers are exact fractions of the text the user typed (``0.1`` is 1/10,
+    not the float nearest it), so the length is ``ceil((stop - start) / step)``
+    in exact arithmetic, with no loop whatever the magnitudes, and value ``i``
+    is the float nearest ``start + i*step`` (one integer division, correctly
+    rounded: ``range(0, 1, 0.1)[3]`` is ``0.3``, not ``0.30000000000000004``).
+    """
 
-    def _value(self, index):
-        value = self.start + index * self.step
-        return value if self.decimals is None else round(value, self.decimals)
+    kind = "range"
+
+    def __init__(self, start: Fraction, step: Fraction, length: int):
+        self.start, self.step, self._length = start, step, length
+        # start + i*step == (numerator + i*increment) / denominator, all integers.
+        denominator = math.lcm(start.denominator, step.denominator)
+        self._numerator = start.numerator * (denominator // start.denominator)
+        self._increment = step.numerator * (denominator // step.denominator)
+        self._denominator = denominator
+
+    def exact(self, index: int) -> Fraction:
+        """Value ``index`` as an exact fraction (before rounding to a float)."""
+        return self.start + index * self.step
+
+    def _value(self, index: int) -> float:
+        return (self._numerator + index * self._increment) / self._denominator
 
     def __len__(self):
         return self._length
@@ -54,36 +70,32 @@ class ArithmeticRange(Sequence):
     def __getitem__(self, index):
         if isinstance(index, slice):
             return [self[i] for i in range(self._length)[index]]
+        index = operator.index(index)
         if index < 0:
             index += self._length
         if not 0 <= index < self._length:
-            raise IndexError("range index out of range")
+            raise IndexError(f"{self.kind} index out of range")
         return self._value(index)
 
 
-class Linspace(Sequence):
-    """``n`` evenly spaced floats from ``a`` to ``b`` inclusive; ``10**x`` of them when ``log``."""
+class Linspace(ArithmeticRange):
+    """``n`` evenly spaced floats from ``a`` to ``b`` inclusive; ``10**x`` of them when ``log``.
 
-    def __init__(self, a: float, b: float, n: int, log: bool = False):
+    Value ``i`` (or the exponent, for ``log``) is the float nearest
+    ``a + (b - a) * i / (n - 1)`` computed exactly, so both endpoints are exactly
+    the typed numbers (as numpy gives them) and ``linspace(0.1, 0.3, 3)[1]`` is 0.2.
+    """
+
+    kind = "linspace"
+
+    def __init__(self, a, b, n: int, log: bool = False):
+        a, b = Fraction(a), Fraction(b)
         self.a, self.b, self.n, self.log = a, b, n, log
+        super().__init__(a, (b - a) / (n - 1) if n > 1 else Fraction(0), n)
 
-    def __len__(self):
-        return self.n
-
-    def __getitem__(self, index):
-        if isinstance(index, slice):
-            return [self[i] for i in range(self.n)[index]]
-        if index < 0:
-            index += self.n
-        if not 0 <= index < self.n:
-            raise IndexError("linspace index out of range")
-        if index == self.n - 1 and self.n > 1:
-            x = float(self.b)  # exact endpoint, as numpy does
-        elif self.n > 1:
-            x = self.a + (self.b - self.a) * index / (self.n - 1)
-        else:
-            x = float(self.a)
-        return 10.0**x if self.log else float(x)
+    def _value(self, index: int) -> float:
+        x = super()._value(index)
+        return 10.0**x if self.log else x
 
 
 class Chain(Sequence):
@@ -131,11 +143,6 @@ def infer_type(text: str) -> Any:
     return text
 
 
-def _decimals(literal: str) -> int:
-    exponent = Decimal(literal).as_tuple().exponent
-    return max(0, -exponent) if isinstance(exponent, int) else 0
-
-
 def _number(func: str, literal: str, position: int) -> int | float:
     literal = literal.strip()
     value = infer_type(literal)
@@ -144,11 +151,57 @@ def _number(func: str, literal: str, position: int) -> int | float:
     raise ValueSyntaxError(f"{func}(): argument {position} must be a number, got {literal[:40]!r}")
 
 
-def _too_many(func: str, count) -> ValueSyntaxError:
-    return ValueSyntaxError(f"{func}() gives {count:,.0f} values; at most {MAX_RANGE_LENGTH:,} are allowed")
+def _exact(literal: str, value: int | float) -> Fraction:
+    """The number ``value`` (parsed from ``literal``) exactly as typed: ``0.1`` is 1/10.
+    A literal whose float is 0 (``1e-400``) is 0, like the float it stands for, so the
+    fractions stay small: a nonzero finite float and <= 300 digits bound the exponent."""
+    if isinstance(value, int):
+        return Fraction(value)
+    return Fraction(Decimal(literal.strip())) if value else Fraction(0)
+
+
+def _too_many(func: str, count: int) -> ValueSyntaxError:
+    return ValueSyntaxError(
+        f"{func}() gives {format_count(count)} values; at most {format_count(MAX_RANGE_LENGTH)} are allowed"
+    )
+
+
+def _require_distinct(func: str, values: ArithmeticRange, what: str) -> None:
+    """Refuse a float sequence whose consecutive values would be equal floats.
+
+    Floats near ``M`` are ``math.ulp(M)`` apart (16384 near 2**66, ~1.4e14 near
+    1e30), so ``range(2**66, 2**66 + 49152000, 0.001)`` would be 49 billion values
+    of which only 3,001 differ: a user means something else, so this is an error
+    naming the smallest usable step rather than a space of duplicates. Exact values
+    ``|step| >= ulp(M)`` apart round to distinct floats except, when the step is
+    exactly one ulp, at ties; the first and last three values are compared to
+    catch those. ``linspace(a, a, n)`` (all equal on purpose) is allowed.
+    """
+    n = len(values)
+    if n < 2 or values.step == 0:
+        return
+    first, last = values.exact(0), values.exact(n - 1)
+    magnitude = max(abs(float(first)), abs(float(last)))
+    resolution = math.ulp(magnitude)
+    ends = sorted({i for i in (0, 1, 2, n - 3, n - 2, n - 1) if 0 <= i < n})
+    floats = {i: float(values.exact(i)) for i in ends}
+    tie = any(i + 1 in floats and floats[i] == floats[i + 1] for i in ends)
+    if abs(values.step) < Fraction(resolution):
+        raise ValueSyntaxError(
+            f"{func}(): {what} {float(abs(values.step)):.3g} is finer than floating-point numbers "
+            f"near {magnitude:.6g}, which are {resolution:.6g} apart, so consecutive values would be equal; "
+            f"use {what} at least {resolution:.6g}, or numbers closer to 0"
+        )
+    if tie:
+        raise ValueSyntaxError(
+            f"{func}(): the values fall halfway between floating-point numbers near {magnitude:.6g} "
+            f"(which are {resolution:.6g} apart), so some consecutive values would round to the same one; "
+            f"use {what} at least {2 * resolution:.6g}, or numbers closer to 0"
+        )
 
 
 def _call(func: str, args_text: str) -> Sequence:
+    """range/linspace/logspace: length and values by arithmetic on the typed numbers, never a loop."""
     args = [a for a in args_text.split(",")]
     if args == [""]:
         args = []
@@ -156,33 +209,43 @@ def _call(func: str, args_text: str) -> Sequence:
         if len(args) not in (2, 3):
             raise ValueSyntaxError("range() takes (start, stop) or (start, stop, step)")
         numbers = [_number(func, a, i + 1) for i, a in enumerate(args)]
-        start, stop = numbers[0], numbers[1]
-        step = numbers[2] if len(numbers) == 3 else 1
+        exact = [_exact(a, n) for a, n in zip(args, numbers)]
+        start, stop = exact[0], exact[1]
+        step = exact[2] if len(exact) == 3 else Fraction(1)
         if step == 0:
             raise ValueSyntaxError("range(): step must not be zero")
-        count = (stop - start) / step
-        if not math.isfinite(count):
-            raise ValueSyntaxError("range(): the number of values is not finite")
+        count = max(0, -((start - stop) // step))  # ceil((stop - start) / step), exactly
         if count > MAX_RANGE_LENGTH:
             raise _too_many(func, count)
         if all(isinstance(n, int) for n in numbers):
-            values = range(start, stop, step)
-        else:
-            values = ArithmeticRange(start, stop, step, min(15, max(_decimals(a.strip()) for a in args)))
+            return range(numbers[0], numbers[1], numbers[2] if len(numbers) == 3 else 1)
+        values = ArithmeticRange(start, step, count)
+        _require_distinct(func, values, "a step of")
+        return values
+    if len(args) != 3:
+        raise ValueSyntaxError(f"{func}() takes (start, stop, count)")
+    a, b = _number(func, args[0], 1), _number(func, args[1], 2)
+    n = _number(func, args[2], 3)
+    if not isinstance(n, int) or n < 1:
+        raise ValueSyntaxError(f"{func}(): count must be a whole number of at least 1, got {args[2].strip()[:40]!r}")
+    if n > MAX_RANGE_LENGTH:
+        raise _too_many(func, n)
+    if func == "logspace" and max(abs(a), abs(b)) > 300:
+        raise ValueSyntaxError("logspace(): exponents must lie between -300 and 300")
+    if not math.isfinite(b - a):
+        raise ValueSyntaxError(f"{func}(): the interval is too wide")
+    values = Linspace(_exact(args[0], a), _exact(args[1], b), n, log=func == "logspace")
+    if func == "linspace":
+        _require_distinct(func, values, "a spacing of")
     else:
-        if len(args) != 3:
-            raise ValueSyntaxError(f"{func}() takes (start, stop, count)")
-        a, b = _number(func, args[0], 1), _number(func, args[1], 2)
-        n = _number(func, args[2], 3)
-        if not isinstance(n, int) or n < 1:
-            raise ValueSyntaxError(f"{func}(): count must be a whole number of at least 1, got {args[2].strip()[:40]!r}")
-        if n > MAX_RANGE_LENGTH:
-            raise _too_many(func, n)
-        if func == "logspace" and max(abs(a), abs(b)) > 300:
-            raise ValueSyntaxError("logspace(): exponents must lie between -300 and 300")
-        if not math.isfinite(b - a):
-            raise ValueSyntaxError(f"{func}(): the interval is too wide")
-        values = Linspace(a, b, n, log=func == "logspace")
+        _require_distinct(func, values, "an exponent spacing of")
+        # 10**x: neighbours differ by a factor 10**dx, about 1 + dx*ln(10); pow() may be off
+        # by an ulp, so ask for four ulps (2**-50) between neighbours.
+        if n > 1 and values.step != 0 and abs(float(values.step)) * math.log(10) < 2**-50:
+            raise ValueSyntaxError(
+                "logspace(): the exponents are so close that consecutive values would be equal floats; "
+                "use fewer values or a wider interval"
+            )
     return values
 
 

@@ -6,7 +6,7 @@ import pytest
 from django.urls import reverse
 
 from ensembles import services
-from ensembles.models import Ensemble
+from ensembles.models import Ensemble, Run
 
 pytestmark = pytest.mark.django_db
 
@@ -252,3 +252,70 @@ def test_preview_renders_a_configured_file_for_the_chosen_member(alice_client, e
     assert '<mark title="alpha">30</mark>' in html
     assert '<span class="unknown-tag" title="No parameter named NOPE">;NOPE;</span>' in html
     assert "x = 1; y = 2;" in html
+
+
+# --- member counts beyond float range; float ranges beyond float resolution ----
+
+ASTRONOMICAL_ROWS = [(f"p{i}", "range(0, 1000000000000)") for i in range(200)]  # 10**2400 members
+
+
+def test_preview_of_a_space_beyond_float_range_shows_its_size_as_a_power_of_ten(preview_new):
+    response = preview_new(form_data(ASTRONOMICAL_ROWS))
+    assert response.status_code == 200
+    assert count_in(response) == 10**2400
+    html = response.content.decode()
+    assert "10<sup>2400</sup></output> members" in html
+    assert "Page 1 of 5 × 10<sup>2398</sup>" in html
+    assert html.count("<tr>") == 20 + 1
+    assert '<span class="chip">p199=19</span>' in html
+
+
+def test_the_last_page_of_a_space_beyond_float_range_names_its_last_member(preview_new):
+    pages = 10**2400 // 20
+    response = preview_new(form_data(ASTRONOMICAL_ROWS, preview_page=str(pages)))
+    html = response.content.decode()
+    assert "Page 5 × 10<sup>2398</sup> of 5 × 10<sup>2398</sup>" in html
+    assert f"<code>sweep_{10**2400 - 1}</code>" in html
+    assert f'"preview_page": {pages - 1}' in html
+    assert '<span class="chip">p0=999999999999</span>' in html
+
+
+def test_the_member_picker_of_a_space_beyond_float_range_allows_every_member(alice_client, ensemble, tmp_path, settings):
+    settings.FILE_ROOTS = [tmp_path]
+    (tmp_path / "input.nml").write_text("p0 = ;p0;\n")
+    services.file_attach_path(owner=ensemble, path=str(tmp_path / "input.nml"), action="configure")
+    response = alice_client.post(
+        reverse("ensembles:ensemble_preview", args=[ensemble.pk]),
+        form_data(ASTRONOMICAL_ROWS, preview_member="5", preview_file="0"),
+    )
+    html = response.content.decode()
+    assert f'max="{10**2400 - 1}"' in html
+    assert "Member (0 – ≈ 9.99 × 10<sup>2399</sup>)" in html
+    assert '<mark title="p0">0</mark>' in html
+
+
+def test_preview_of_one_member_says_member(preview_new):
+    html = preview_new(form_data([("a", "1")])).content.decode()
+    assert ">1</output> member</p>" in html
+
+
+def test_launching_a_space_beyond_float_range_is_refused_as_too_many_members(alice_client, experiment):
+    services.ensemble_save(
+        experiment=experiment,
+        spec={"name": "e", "params": [{"name": n, "values": v} for n, v in ASTRONOMICAL_ROWS], "run_settings": {"exe": "x"}},
+    )
+    response = alice_client.post(reverse("ensembles:run_launch", args=[experiment.pk]), follow=True)
+    assert response.status_code == 200
+    assert "are allowed in one run" in response.content.decode()
+    assert not Run.objects.exists()
+
+
+def test_preview_refuses_a_float_range_finer_than_the_float_resolution_next_to_its_row(preview_new):
+    # 49 billion values near 2**66, where floats are 16384 apart: once 20 s of CPU per preview
+    response = preview_new(form_data([("a", "range(73786976294838206464, 73786976294887358464, 0.001)")]))
+    assert response.status_code == 200
+    html = response.content.decode()
+    assert "data-count" not in html
+    row_error = re.search(r'<small id="params-0-errors"[^>]*hx-swap-oob="true">([^<]*)<', html).group(1)
+    assert "finer than floating-point numbers" in row_error
+    assert "use a step of at least 16384" in row_error

@@ -5,7 +5,7 @@ import time
 
 import pytest
 
-from ensembles.expansion import ExpansionError, ParameterSpace, expand, format_arg
+from ensembles.expansion import ExpansionError, ParameterSpace, exact_count, expand, format_arg, format_count
 from ensembles.specs import member_argv
 
 HUGE = {f"p{i}": range(0, 1000) for i in range(5)}  # 10**15 combinations
@@ -343,3 +343,45 @@ def test_bool_and_int_values_stay_distinct_members():
 )
 def test_format_arg_follows_smartsim_params_as_args_rule(name, value, expected):
     assert format_arg(name, value) == expected
+
+
+# --- counts beyond float and str ---------------------------------------------------
+
+ASTRONOMICAL = {f"p{i}": range(0, 10**12) for i in range(200)}  # 10**2400 combinations
+
+
+def test_a_space_beyond_float_range_has_its_exact_size_and_members():
+    space = expand(ASTRONOMICAL, replicas=3)
+    assert space.size == 3 * 10**2400
+    assert space[0] == {name: 0 for name in ASTRONOMICAL}
+    assert space[-1] == {name: 10**12 - 1 for name in ASTRONOMICAL}
+    assert space[3 * (10**12 + 5)] == {**{name: 0 for name in ASTRONOMICAL}, "p198": 1, "p199": 5}
+    assert repr(space) == "<ParameterSpace 3 × 10^2400 members over [" + ", ".join(repr(n) for n in ASTRONOMICAL) + "]>"
+    assert "each of the 10^2400 combination(s)" in space.warnings[0]
+    with pytest.raises(IndexError, match=r"3 × 10\^2400 members"):
+        space[3 * 10**2400]
+
+
+COUNT_TEXTS = [
+    (0, "0"),
+    (1, "1"),
+    (1234, "1,234"),
+    (10**15, "1,000,000,000,000,000"),
+    (10**21 - 1, "999,999,999,999,999,999,999"),
+    (10**21, "10^21"),
+    (10**2400, "10^2400"),
+    (5 * 10**2398, "5 × 10^2398"),
+    (1234 * 10**2400, "≈ 1.23 × 10^2403"),
+    (10**2400 - 1, "≈ 9.99 × 10^2399"),
+    (10**12000, "10^12000"),  # more digits than str(int) accepts
+]
+
+
+@pytest.mark.parametrize("n, text", COUNT_TEXTS, ids=[text for _, text in COUNT_TEXTS])
+def test_format_count_is_exact_when_short_and_a_power_of_ten_when_huge(n, text):
+    assert format_count(n) == text
+
+
+def test_exact_count_gives_every_digit_up_to_4000_of_them():
+    assert exact_count(10**2400) == "1" + "0" * 2400
+    assert exact_count(10**12000) == "10^12000"

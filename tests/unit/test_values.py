@@ -203,3 +203,84 @@ def test_infer_type(text, expected):
 )
 def test_is_numeric(text, expected):
     assert is_numeric(parse_values(text)) is expected
+
+
+# --- exact arithmetic: length and values never depend on a loop ------------------
+
+
+@pytest.mark.parametrize(
+    "text, length, expected",
+    [
+        # 1e-16 steps: rounding to 15 decimals made these all 0.0, and trimmed the length
+        ("range(0, 1e-15, 1e-16)", 10, [float(f"{i}e-16") for i in range(10)]),
+        ("range(0, 0.0000000000000005, 0.0000000000000001)", 5, [0.0, 1e-16, 2e-16, 3e-16, 4e-16]),
+        ("range(0.1, 0.7, 0.2)", 3, [0.1, 0.3, 0.5]),
+        ("range(0, 1.1, 0.1)", 11, [round(i / 10, 1) for i in range(11)]),
+    ],
+)
+def test_float_range_length_and_values_are_exact_for_the_typed_numbers(text, length, expected):
+    values = parse_values(text)
+    assert len(values) == length
+    assert [values[i] for i in range(length)] == [float(v) for v in expected]
+
+
+def test_a_float_range_of_huge_numbers_has_its_exact_length_and_values():
+    values = parse_values("range(1e30, 2e30, 1e18)")
+    assert len(values) == 10**12
+    assert values[0] == 1e30
+    assert values[123_456_789] == float(10**30 + 123_456_789 * 10**18)
+    assert values[-1] == float(2 * 10**30 - 10**18)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        # the review's case: 49 billion values, but floats near 2**66 are 16384 apart
+        "range(73786976294838206464, 73786976294887358464, 0.001)",
+        "range(1000000000000000000000000000000, 1000000000000000000000000000001, 0.5)",
+        "range(1e30, 1.00000000000000000001e30, 0.1)",
+        "range(100000000000000000000, 100000000000000000005, 0.5)",
+        "linspace(100000000000000000000, 100000000000000000001, 3)",
+    ],
+)
+def test_a_step_finer_than_the_float_resolution_is_refused_with_the_usable_step(text):
+    with pytest.raises(ValueSyntaxError, match=r"finer than floating-point numbers .* use a (step|spacing) of at least"):
+        parse_values(text)
+
+
+def test_a_float_range_whose_values_fall_halfway_between_floats_is_refused():
+    # near 2**53 floats are 2 apart: 2**53 + 1, + 3, ... would round pairwise onto the same float
+    with pytest.raises(ValueSyntaxError, match="halfway between floating-point numbers"):
+        parse_values("range(9007199254740993.0, 9007199254741003, 2.0)")
+
+
+def test_a_float_range_exactly_at_the_float_resolution_is_kept():
+    values = parse_values("range(4503599627370496.0, 4503599627370500.0, 1.0)")  # 2**52: floats 1 apart
+    assert list(values) == [4503599627370496.0, 4503599627370497.0, 4503599627370498.0, 4503599627370499.0]
+
+
+def test_linspace_of_equal_endpoints_still_repeats_on_purpose():
+    assert list(parse_values("linspace(1, 1, 3)")) == [1.0, 1.0, 1.0]
+
+
+def test_logspace_with_exponents_too_close_to_tell_apart_is_refused():
+    with pytest.raises(ValueSyntaxError, match="logspace"):
+        parse_values("logspace(0, 0.00000000000000001, 3)")
+
+
+def test_linspace_interior_values_are_the_nearest_floats():
+    assert list(parse_values("linspace(0.1, 0.3, 3)")) == [0.1, 0.2, 0.3]
+
+
+@pytest.mark.parametrize(
+    "text, fragment",
+    [
+        ("range(0, 1e300, 1e-300)", r"range\(\) gives 10\^600 values; at most 1,000,000,000,000 are allowed"),
+        ("range(0, 3e300, 7e-300)", r"range\(\) gives ≈ 4.28 × 10\^599 values"),
+        ("range(0, 2000000000000, 1)", r"range\(\) gives 2,000,000,000,000 values"),
+        ("linspace(0, 1, 2000000000000)", r"linspace\(\) gives 2,000,000,000,000 values"),
+    ],
+)
+def test_too_many_values_are_counted_exactly_in_the_message(text, fragment):
+    with pytest.raises(ValueSyntaxError, match=fragment):
+        parse_values(text)
