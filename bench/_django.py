@@ -13,7 +13,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 def setup_django() -> Path:
     data = Path(tempfile.mkdtemp(prefix="flotilla-bench-"))
-    atexit.register(shutil.rmtree, data, ignore_errors=True)
+    if not os.environ.get("BENCH_KEEP"):
+        atexit.register(shutil.rmtree, data, ignore_errors=True)
     os.environ["FLOTILLA_DATA_DIR"] = str(data)
     os.environ["DATABASE_URL"] = f"sqlite:///{data}/bench.sqlite3"
     os.environ["DJANGO_SETTINGS_MODULE"] = "webapp.settings_test"

@@ -7,13 +7,16 @@ import asyncio
 import codecs
 import json
 import os
+import time
 
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.http import Http404
 from django.utils.html import escape
 
-from . import realtime, selectors
+from launchers.base import LauncherError
+
+from . import launching, realtime, selectors
 
 TAIL_BYTES = 64 * 1024  # sent on open
 CHUNK_BYTES = 256 * 1024  # at most per message while following
@@ -67,7 +70,19 @@ class RunConsumer(AsyncWebsocketConsumer):
 
 
 class LogTailConsumer(AsyncWebsocketConsumer):
-    """Tails a member's stdout or stderr: the last 64 KB on open, then follows by byte offset."""
+    """Tails a member's stdout or stderr by byte offset, as fast as the browser takes it.
+
+    The browser starts the tail (``{"action": "start", "offset": N}``: from byte N
+    after a reconnect, the last 64 KB without one) and acknowledges each message
+    (``{"action": "ack"}``): at most MAX_UNACKED messages are ever in flight, so a
+    client that does not read costs the server nothing more. Each message ends
+    with the offset it reached, which the browser sends back when it reconnects:
+    every byte is shown once, in order. The file is opened by the member's side
+    (as its Unix account when members run as their owners) and read through its
+    descriptor."""
+
+    MAX_UNACKED = 2
+    OPEN_RETRY = 1.0  # seconds between attempts to open an output that does not exist yet
 
     async def connect(self):
         user = self.scope["user"]
@@ -77,50 +92,74 @@ class LogTailConsumer(AsyncWebsocketConsumer):
             await self.close(code=CLOSE_FORBIDDEN)
             return
         self.path = member.stdout if kwargs["stream"] == "out" else member.stderr
+        self.side = await database_sync_to_async(lambda: launching.member_side(member.run))()
         self.target = f"log-{kwargs['stream']}"
         self.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self.fd = None
+        self.next_open = 0.0
+        self.offset = None  # until the browser starts the tail
         self.paused = False
-        try:
-            size = os.path.getsize(self.path)
-        except OSError:
-            size = 0
-        self.offset = max(0, size - TAIL_BYTES)
+        self.unacked = 0
+        self.wake = asyncio.Event()
         await self.accept()
-        self.follower = asyncio.create_task(self.follow())
 
     async def disconnect(self, code):
         if hasattr(self, "follower"):
             self.follower.cancel()
+        if getattr(self, "fd", None) is not None:
+            os.close(self.fd)
+            self.fd = None
 
     async def receive(self, text_data=None, bytes_data=None):
         try:
-            action = json.loads(text_data or "{}").get("action")
-        except ValueError:
+            message = json.loads(text_data or "{}")
+            action = message.get("action")
+        except (ValueError, AttributeError):
             return
-        if action in ("pause", "resume"):
+        if action == "start" and self.offset is None:
+            offset = message.get("offset")
+            self.offset = offset if isinstance(offset, int) and offset >= 0 else -1  # -1: the last 64 KB
+            self.follower = asyncio.create_task(self.follow())
+        elif action == "ack":
+            self.unacked = max(0, self.unacked - 1)
+        elif action in ("pause", "resume"):
             self.paused = action == "pause"
+        self.wake.set()
 
     def read_more(self) -> bytes:
-        try:
-            size = os.path.getsize(self.path)
-            if size < self.offset:  # truncated or replaced: start again
-                self.offset = 0
-            if size == self.offset:
+        if self.fd is None:
+            if time.monotonic() < self.next_open:
                 return b""
-            with open(self.path, "rb") as handle:
-                handle.seek(self.offset)
-                data = handle.read(CHUNK_BYTES)
-        except OSError:
+            self.next_open = time.monotonic() + self.OPEN_RETRY
+            try:
+                self.fd = self.side.open_files([self.path])[0]
+            except LauncherError:
+                return b""
+            if self.fd is None:
+                return b""
+        size = os.fstat(self.fd).st_size
+        if self.offset < 0:
+            self.offset = max(0, size - TAIL_BYTES)
+        if size < self.offset:  # truncated: start again
+            self.offset = 0
+        if size == self.offset:
             return b""
+        data = os.pread(self.fd, CHUNK_BYTES, self.offset)
         self.offset += len(data)
         return data
 
     async def follow(self):
         while True:
-            data = b"" if self.paused else await asyncio.to_thread(self.read_more)
+            if self.paused or self.unacked >= self.MAX_UNACKED:
+                self.wake.clear()
+                await self.wake.wait()
+                continue
+            data = await asyncio.to_thread(self.read_more)
             if data:
-                text = self.decoder.decode(data)
-                await self.send(text_data=f'<pre id="{self.target}" hx-swap-oob="beforeend">{escape(text)}</pre>')
+                text = escape(self.decoder.decode(data))
+                self.unacked += 1
+                await self.send(text_data=f'<pre id="{self.target}" hx-swap-oob="beforeend">{text}</pre>'
+                                          f'<span id="{self.target}-offset" data-offset="{self.offset}" hx-swap-oob="true"></span>')
             else:
                 await asyncio.sleep(FOLLOW_INTERVAL)
 

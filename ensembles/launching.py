@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import pwd
+from pathlib import Path
+
 from django.conf import settings
 
+from launchers.accounts import Account, AccountLauncher, ServerSide
 from launchers.base import JobSpec, JobState, Launcher, LauncherError
-from launchers.local import LocalLauncher
+from launchers.local import LocalLauncher, member_base_env
 
 from .models import MemberRun, MemberStatus, Run
 
+SERVER_SIDE = ServerSide()
 STATE_TO_STATUS = {
     JobState.QUEUED: MemberStatus.QUEUED,
     JobState.RUNNING: MemberStatus.RUNNING,
@@ -19,21 +24,42 @@ STATE_TO_STATUS = {
 }
 
 
+def account(name: str) -> Account:
+    return Account(name, python=settings.AGENT_PYTHON, agent_dir=settings.AGENT_DIR)
+
+
+def account_root(name: str) -> Path:
+    """Where the account's member folders and run folders live (FLOTILLA_ACCOUNT_ROOT)."""
+    return Path(settings.ACCOUNT_ROOT.format(home=pwd.getpwnam(name).pw_dir, account=name))
+
+
+def member_side(run: Run) -> ServerSide:
+    """Who does the file work of the run's members: the server, or their Unix account."""
+    return account(run.run_as) if run.run_as else SERVER_SIDE
+
+
 def launcher_for(run: Run) -> Launcher:
-    if run.launcher == "local":
-        return LocalLauncher(
-            work_dir=run.work_dir, redis_url=settings.REDIS_URL, stream=settings.EVENT_STREAM, grace=settings.CANCEL_GRACE_SECONDS
-        )
-    raise LauncherError(f"The {run.launcher} launcher is not available yet; use the local launcher.")
+    if run.launcher != "local":
+        raise LauncherError(f"The {run.launcher} launcher is not available yet; use the local launcher.")
+    options = {"work_dir": run.work_dir, "stream": settings.EVENT_STREAM, "grace": settings.CANCEL_GRACE_SECONDS,
+               "max_output_bytes": settings.MAX_OUTPUT_BYTES}
+    if run.run_as:
+        base_env = member_base_env()
+        entry = pwd.getpwnam(run.run_as)
+        base_env.update(HOME=entry.pw_dir, USER=run.run_as, LOGNAME=run.run_as, SHELL=entry.pw_shell)
+        return AccountLauncher(account(run.run_as), redis_url=settings.REDIS_URL, base_env=base_env,
+                               private_roots=[str(settings.UPLOAD_DIR)], **options)
+    return LocalLauncher(redis_url=settings.REDIS_URL, **options)
 
 
 # What job_spec reads of a member (with files_key and status): load members with .only(*JOB_FIELDS).
-JOB_FIELDS = ("run", "kind", "entity", "name", "params", "param_names", "argv", "env", "cwd", "status")
+JOB_FIELDS = ("run", "ensemble", "kind", "entity", "name", "params", "param_names", "argv", "env", "cwd", "status")
 
 
-def job_spec(member: MemberRun, *, files: dict | None = None, roots: list[str] = ()) -> JobSpec:
+def job_spec(member: MemberRun, *, files: dict | None = None, roots: list[str] = (), results_file: str = "") -> JobSpec:
     """The member as a launcher job; with ``files``, the job generates its directory
-    (ensembles.generation.prepare_member) just before it starts."""
+    (ensembles.generation.prepare_member) just before it starts; with ``results_file``,
+    its runner reads that file's numbers when it completes."""
     prepare = None
     if files is not None:
         prepare = {
@@ -55,4 +81,5 @@ def job_spec(member: MemberRun, *, files: dict | None = None, roots: list[str] =
         stdout=member.stdout,
         stderr=member.stderr,
         prepare=prepare,
+        results_file=results_file,
     )

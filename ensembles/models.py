@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import os
+import pwd
 import re
 from pathlib import Path
 
@@ -31,6 +32,7 @@ name_validator = RegexValidator(
 results_file_validator = RegexValidator(
     r"^(?!/)(?!.*(^|/)\.\.(/|$))[^\x00]+\Z", "A path relative to the member directory, e.g. results.json."
 )
+unix_account_validator = RegexValidator(r"^[a-z_][a-z0-9_-]{0,31}\Z", "A Unix account name, e.g. alice or sim_user.")
 PARAM_NAME = re.compile(r"-{0,2}[A-Za-z_][A-Za-z0-9_.-]*")
 
 
@@ -300,6 +302,11 @@ class SubmitState(models.TextChoices):
     SUBMITTING = "submitting", "Submitting"
     SUBMITTED = "submitted", "Submitted"
     FAILED = "failed", "Submission failed"
+    CANCELLED = "cancelled", "Stopped before submission"
+
+
+# A run in one of these states is no longer waiting for (or in) a submission.
+SUBMISSION_OVER = (SubmitState.SUBMITTED, SubmitState.FAILED, SubmitState.CANCELLED)
 
 
 class Run(models.Model):
@@ -315,8 +322,13 @@ class Run(models.Model):
     submit_error = models.TextField(blank=True)
     claimed_at = models.DateTimeField(null=True, blank=True)
     claimed_by = models.CharField(max_length=200, blank=True)  # "<host>:<pid>" of the submitting worker process
+    # When run_submit was last sent for the run; None while the task queue could not take it.
+    # A pending run is sent again once this is SUBMIT_GRACE_SECONDS old (services.runs_reconcile).
+    enqueued_at = models.DateTimeField(null=True, blank=True)
     # The runners' journals and logs; unique, so that a reused id never meets old files.
     work_dir = models.CharField(max_length=4096)
+    # The Unix account its members run as (FLOTILLA_RUN_AS=user), frozen at launch; "" = the server's.
+    run_as = models.CharField(max_length=32, blank=True)
     created = models.DateTimeField(auto_now_add=True)
     finished = models.DateTimeField(null=True, blank=True)
 
@@ -326,6 +338,11 @@ class Run(models.Model):
 
     def __str__(self):
         return f"{self.experiment.name} run {self.number}"
+
+    @property
+    def waiting_for_queue(self) -> bool:
+        """Pending, and the task queue could not take its submission (the monitor retries)."""
+        return self.submit_state == SubmitState.PENDING and self.enqueued_at is None
 
 
 
@@ -415,3 +432,28 @@ class StatusEvent(models.Model):
     class Meta:
         ordering = ["at", "id"]
         indexes = [models.Index(fields=["run", "at"])]
+
+
+class UnixAccount(models.Model):
+    """The Unix account a Flotilla user's members run as when FLOTILLA_RUN_AS=user
+    (every member-side action goes through ``sudo -n -u <name>``). Edited in the admin."""
+
+    user = models.OneToOneField(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="unix_account")
+    name = models.CharField(
+        max_length=32, unique=True, validators=[unix_account_validator],
+        help_text="An existing Unix account that this user, and nobody else, may act as.",
+    )
+
+    def __str__(self):
+        return f"{self.user} runs as {self.name}"
+
+    def clean(self):
+        try:
+            entry = pwd.getpwnam(self.name)
+        except KeyError:
+            raise ValidationError({"name": f"There is no Unix account {self.name!r} on this machine."}) from None
+        if entry.pw_uid == os.geteuid():
+            raise ValidationError({"name": "That is the server's own account: members would act as the server."})
+        if entry.pw_uid < settings.MIN_ACCOUNT_UID:
+            raise ValidationError({"name": f"{self.name!r} is a system account (uid {entry.pw_uid}, below "
+                                           f"FLOTILLA_MIN_ACCOUNT_UID={settings.MIN_ACCOUNT_UID})."})

@@ -119,13 +119,14 @@ def run_update_html(run_id: int, member_ids: list[int], *, reload: bool = False)
     return render_to_string("ensembles/partials/run_update.html", context)
 
 
-def run_changed(run_id: int, member_ids: list[int]) -> None:
+def run_changed(run_id: int, member_ids: list[int], *, reload: bool = False) -> None:
     """Push one update to every browser watching the run (best effort: the page
-    shows the truth again on reconnect). Nothing is rendered if nobody watches."""
+    shows the truth again on reconnect). Nothing is rendered if nobody watches.
+    ``reload``: the run has new rows (a re-run): the table reloads itself."""
     try:
         if not watched(run_id):
             return
-        html = run_update_html(run_id, member_ids)
+        html = run_update_html(run_id, member_ids, reload=reload)
         _group_send(run_group(run_id), {"type": "run.update", "html": html})
     except Exception as error:  # Redis down, a page closing: never fail the caller for a push
         log.warning("could not push run %s: %s", run_id, error)

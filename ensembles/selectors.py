@@ -5,16 +5,21 @@ from __future__ import annotations
 
 import os
 import shlex
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from django.conf import settings
 from django.db.models import Count, Q, QuerySet
+from django.db.models.fields.json import KeyTransform
 from django.shortcuts import get_object_or_404
 from django.urls import reverse
 from django.utils import timezone
 
-from . import plots
+from launchers.base import LauncherError
+
+from . import launching, plots
 from .expansion import ParameterSpace
 from .generation import FileRefused, Rendered, configurable_paths, render_tags
 from .models import (
@@ -141,16 +146,46 @@ def ensemble_preview(
     )
 
 
+def file_roots(owner_id: int) -> list[Path]:
+    """The folders an ensemble's attached files must still lie in: the server folders
+    users may attach from, and the owner's own uploads."""
+    return [Path(root).resolve() for root in settings.FILE_ROOTS] + [(Path(settings.UPLOAD_DIR) / str(owner_id)).resolve()]
+
+
+def is_inside(path: str | os.PathLike, roots: list[Path]) -> bool:
+    """Whether ``path``, links resolved as they are now, lies in one of ``roots``."""
+    try:
+        real = Path(path).resolve()
+    except (OSError, RuntimeError):
+        return False
+    return any(real == root or real.is_relative_to(root) for root in roots)
+
+
+def attached_files(ensemble: Ensemble) -> list[AttachedFile]:
+    """The ensemble's attached files, each with ``outside`` set when a link on its way
+    was changed since and it now leads outside the allowed folders."""
+    roots = file_roots(ensemble.experiment.owner_id)
+    files = list(ensemble.files.all())
+    for attached in files:
+        attached.outside = not is_inside(attached.path, roots)
+    return files
+
+
 def configurable_files(ensemble: Ensemble) -> list[tuple[str, Path]]:
-    """(label, path) of every text file the ensemble configures, folders walked."""
+    """(label, path) of every text file the ensemble configures, folders walked (not
+    those that now lead outside the allowed folders: their preview says so)."""
+    roots = file_roots(ensemble.experiment.owner_id)
     found = []
     for attached in ensemble.files.filter(action=FileAction.CONFIGURE):
         root = Path(attached.path)
+        prefix = f"{root.name}/" if attached.is_dir else ""
+        if not is_inside(root, roots):
+            found.append((prefix or root.name, root))
+            continue
         try:
             paths = configurable_paths(root)
         except (FileRefused, OSError):
             continue  # changed since it was attached: the launch reports it
-        prefix = f"{root.name}/" if attached.is_dir else ""
         found.extend((prefix + relative, path) for relative, path in paths)
     return found
 
@@ -163,12 +198,30 @@ class RenderedFile:
     truncated: bool = False
 
 
-def configured_file_preview(path: Path, label: str, params: dict, tag: str) -> RenderedFile:
-    """One configured file as a member would get it, cut to the first 64 KB for display."""
+def _opened_path(handle, path: Path) -> Path:
+    """The real path of the file actually opened (Linux), else of the path as it resolves now."""
     try:
+        return Path(os.readlink(f"/proc/self/fd/{handle.fileno()}"))
+    except OSError:
+        return path.resolve()
+
+
+def configured_file_preview(path: Path, label: str, params: dict, tag: str, *, roots: list[Path]) -> RenderedFile:
+    """One configured file as a member would get it, cut to the first 64 KB for display.
+    Its path is checked against ``roots`` again now: a folder on the way may have been
+    swapped for a link since the file was attached."""
+    outside = RenderedFile(
+        label, error=f"{label} is now outside the folders files may be attached from (a link on its way was "
+        "changed): it is not shown, and a launch refuses it."
+    )
+    try:
+        if not is_inside(path, roots):
+            return outside
         if path.is_symlink():
             return RenderedFile(label, error=f"{label} is now a link; it will not be configured.")
         with open(path, "rb") as handle:
+            if not is_inside(_opened_path(handle, path), roots):
+                return outside  # swapped between the check and the open
             data = handle.read(MAX_PREVIEW_FILE_BYTES + 1)
         text = data[:MAX_PREVIEW_FILE_BYTES].decode("utf-8", errors="replace")
     except OSError as error:
@@ -252,9 +305,13 @@ def run_members_page(run: Run, *, status="", param="", value="", sort="position"
         members = members.filter(status=status)
     else:
         status = ""
-    if param and "__" not in param and value != "":
-        typed = infer_type(value)
-        members = members.filter(Q(**{f"params__{param}": typed}) | Q(**{f"params__{param}": value}))
+    if param and value != "":
+        if "\x00" in param + value:  # no name or value holds one (and PostgreSQL refuses it in text)
+            members = members.none()
+        else:  # the name is a JSON key, never part of a lookup: "isnull" or "a__b" are parameter names too
+            members = members.alias(param_value=KeyTransform(param, "params")).filter(
+                Q(param_value=infer_type(value)) | Q(param_value=value)
+            )
     sort = sort if sort in MEMBER_SORTS else "position"
     page_size = min(max(1, page_size), MAX_MEMBERS_PAGE)
     count = members.count()
@@ -277,37 +334,48 @@ def runs_of(experiment: Experiment) -> list[Run]:
     return runs
 
 
-def member_files(member: MemberRun) -> list[dict]:
-    """The member directory's entries (not following links out of it)."""
-    folder = Path(member.cwd)
-    entries = []
+MEMBER_FILES_PAGE = 200
+
+
+@dataclass
+class FilePage:
+    entries: list[dict]
+    page: int
+    pages: int
+    count: int
+    generated: bool
+
+
+def member_files(member: MemberRun, page: int = 1, page_size: int = MEMBER_FILES_PAGE) -> FilePage:
+    """One page of the member directory's entries by name (not following links out of
+    it): only the page's entries are looked at, however many files the member wrote.
+    Listed by the member's side (its Unix account when members run as their owners)."""
+    page = max(1, page)
     try:
-        with os.scandir(folder) as scan:
-            for entry in sorted(scan, key=lambda e: e.name):
-                is_link = entry.is_symlink()
-                entries.append(
-                    {
-                        "name": entry.name,
-                        "is_dir": entry.is_dir(follow_symlinks=False),
-                        "is_link": is_link,
-                        "size": entry.stat(follow_symlinks=False).st_size,
-                        "target": os.readlink(entry.path) if is_link else "",
-                    }
-                )
-    except OSError:
-        return []
-    return entries
+        listing = launching.member_side(member.run).list_folder(member.cwd, offset=(page - 1) * page_size, limit=page_size)
+    except LauncherError:
+        listing = {"exists": False}
+    if not listing.get("exists"):
+        return FilePage([], 1, 1, 0, generated=False)
+    pages = max(1, -(-listing["total"] // page_size))
+    if page > pages:
+        return member_files(member, pages, page_size)
+    return FilePage(listing["entries"], page, pages, listing["total"], generated=True)
 
 
-def member_file_path(member: MemberRun, name: str) -> Path | None:
-    """A regular file directly inside the member directory, or None: nothing else is ever served."""
+def member_file_open(member: MemberRun, name: str) -> int | None:
+    """A descriptor of a regular file directly inside the member directory, opened by the
+    member's side (never through a link), or None: nothing else is ever served."""
     if not name or "/" in name or name in (".", ".."):
         return None
-    folder = Path(member.cwd).resolve()
-    path = folder / name
-    if path.is_symlink() or not path.is_file() or path.resolve().parent != folder:
+    try:
+        (descriptor,) = launching.member_side(member.run).open_files([os.path.join(member.cwd, name)])
+    except LauncherError:
         return None
-    return path
+    if descriptor is not None and not stat.S_ISREG(os.fstat(descriptor).st_mode):
+        os.close(descriptor)
+        return None
+    return descriptor
 
 
 def run_param_names(run: Run) -> list[str]:

@@ -5,6 +5,7 @@ selectors, which only return what the user may see."""
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import random
@@ -14,22 +15,26 @@ import sys
 import uuid
 from datetime import datetime, timedelta
 from datetime import timezone as dt_timezone
+from functools import partial
 from pathlib import Path
 
 from django.conf import settings
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.core.files import File
 from django.db import DEFAULT_DB_ALIAS, IntegrityError, connections, transaction
-from django.db.models import Max
+from django.db.models import Max, Q
 from django.utils import timezone
+from kombu.exceptions import OperationalError as BrokerUnreachable
 
 from launchers.base import JobSpec, JobStatus, LauncherError
 
-from . import realtime, specs
+from . import launching, realtime, specs
+from .expansion import format_count
 from .generation import RECORD_FILE_NAME, FileRefused, Generator, check_configurable, resolve_source
 from .launching import JOB_FIELDS, STATE_TO_STATUS, job_spec, launcher_for
 from .models import (
     STATUS_RANK,
+    SUBMISSION_OVER,
     TERMINAL_STATUSES,
     AttachedFile,
     Ensemble,
@@ -43,7 +48,10 @@ from .models import (
     StatusEvent,
     Strategy,
     SubmitState,
+    UnixAccount,
 )
+
+log = logging.getLogger("flotilla.services")
 
 
 def _save(instance, *, duplicate_message: str):
@@ -215,6 +223,21 @@ def _resolve_launcher(experiment: Experiment) -> str:
     raise ValidationError(f"The {experiment.get_launcher_display()} launcher is not available yet; use Local processes.")
 
 
+def _run_as(user) -> str:
+    """The Unix account the user's members run as ("" for the server's own)."""
+    if settings.RUN_AS == "server":
+        return ""
+    account = UnixAccount.objects.filter(user=user).values_list("name", flat=True).first()
+    if account is None:
+        raise ValidationError("You have no Unix account to run members as (this Flotilla runs every member as its "
+                              "owner's account): ask an administrator to map one to your user in the admin.")
+    try:
+        launching.account_root(account)
+    except KeyError:
+        raise ValidationError(f"Your Unix account {account!r} does not exist on this machine: ask an administrator.") from None
+    return account
+
+
 def run_launch(*, user, experiment: Experiment, concurrency: int | None = None) -> Run:
     """Create a run with one MemberRun per member, in bulk, and submit it after commit.
 
@@ -224,6 +247,7 @@ def run_launch(*, user, experiment: Experiment, concurrency: int | None = None) 
     if experiment.owner_id != user.pk:
         raise PermissionDenied
     launcher = _resolve_launcher(experiment)
+    run_as = _run_as(user)
     ensembles = list(experiment.ensembles.prefetch_related("members", "files"))
     models = list(experiment.members.filter(ensemble__isnull=True).prefetch_related("files"))
     if not ensembles and not models:
@@ -243,10 +267,11 @@ def run_launch(*, user, experiment: Experiment, concurrency: int | None = None) 
     total += len(models)
     if total > settings.MAX_MEMBERS_PER_RUN:
         raise ValidationError(
-            f"This launch would create {total:,} members; at most {settings.MAX_MEMBERS_PER_RUN:,} are allowed in one run "
+            f"This launch would create {format_count(total)} members; at most {settings.MAX_MEMBERS_PER_RUN:,} are allowed in one run "
             "(FLOTILLA_MAX_MEMBERS_PER_RUN). Sample fewer with the random strategy."
         )
-    root = settings.DATA_DIR / owner_folder(user) / experiment.name
+    home = launching.account_root(run_as) if run_as else settings.DATA_DIR / owner_folder(user)
+    root = home / experiment.name
     with transaction.atomic():
         Experiment.objects.select_for_update().get(pk=experiment.pk)  # one launch at a time per experiment
         active = experiment.runs.filter(finished__isnull=True).first()
@@ -262,13 +287,14 @@ def run_launch(*, user, experiment: Experiment, concurrency: int | None = None) 
             experiment=experiment,
             number=(experiment.runs.aggregate(n=Max("number"))["n"] or 0) + 1,
             launcher=launcher,
+            run_as=run_as,
             concurrency=concurrency,
             generation=generation,
-            work_dir=str(settings.DATA_DIR / "runs" / uuid.uuid4().hex),
+            work_dir=str((home / ".runs" if run_as else settings.DATA_DIR / "runs") / uuid.uuid4().hex),
         )
         _insert_many(MemberRun, list(_member_rows(root, ensembles, spaces, models)), run=run)
-        _enqueue("run_submit", run.pk)
-    return run
+        _enqueue_submit(run)
+    return run  # run.waiting_for_queue: the task queue could not take it (see QUEUE_UNREACHABLE)
 
 
 def _member_rows(root, ensembles, spaces, models):
@@ -304,11 +330,48 @@ def _member_rows(root, ensembles, spaces, models):
                   model.key_prefixing, root / model.name)
 
 
-def _enqueue(task_name: str, *args) -> None:
-    """Send a task once the current transaction commits (at once outside one)."""
+QUEUE_UNREACHABLE = "The task queue is not reachable; the run will start as soon as it is back."
+
+
+def _enqueue(task_name: str, *args, on_unreachable=None) -> None:
+    """Send a task once the current transaction commits (at once outside one).
+
+    A broker that is down or hangs fails the send within ~2 s (CELERY_TASK_PUBLISH_RETRY_POLICY,
+    CELERY_BROKER_TRANSPORT_OPTIONS) without failing the caller, whose work is committed
+    by then: the failure is logged and ``on_unreachable()`` is called."""
+    transaction.on_commit(partial(_send, task_name, args, on_unreachable))
+
+
+def _send(task_name: str, args: tuple, on_unreachable) -> None:
     from . import tasks
 
-    getattr(tasks, task_name).delay_on_commit(*args)
+    try:
+        getattr(tasks, task_name).delay(*args)
+    except BrokerUnreachable as error:
+        log.warning("could not send %s%r, the task queue is not reachable: %s", task_name, args, error)
+        if on_unreachable:
+            on_unreachable()
+
+
+def _enqueue_submit(run: Run) -> bool:
+    """Send run_submit for a pending run after commit, and record when in run.enqueued_at.
+
+    The record is a conditional UPDATE on the enqueued_at ``run`` holds, so that of two
+    callers that saw the same state (two monitors repairing) one sends. If the broker
+    cannot take the task, enqueued_at goes back to None: the run page says why the run
+    waits, and the monitor's next repair pass sends it again (runs_reconcile). Returns
+    whether this call sent (or will send, on commit) the task."""
+    sent_at = timezone.now()
+    if not Run.objects.filter(pk=run.pk, submit_state=SubmitState.PENDING, enqueued_at=run.enqueued_at).update(enqueued_at=sent_at):
+        return False
+    run.enqueued_at = sent_at
+
+    def unreachable():
+        Run.objects.filter(pk=run.pk, submit_state=SubmitState.PENDING, enqueued_at=sent_at).update(enqueued_at=None)
+        run.enqueued_at = None
+
+    _enqueue("run_submit", run.pk, on_unreachable=unreachable)
+    return True
 
 
 def _record_events(members: list[MemberRun], status: str, at=None) -> None:
@@ -390,8 +453,11 @@ def _submit_members(run: Run, launcher, members: list[MemberRun]) -> None:
 
 
 def _generating_jobs(run: Run, members: list[MemberRun], roots: list[str]) -> list[JobSpec]:
-    """The members as jobs that generate their directories just before they start."""
-    return [job_spec(m, files=run.generation.get(m.files_key, {}), roots=roots) for m in members]
+    """The members as jobs that generate their directories just before they start, and
+    read their ensemble's results file when they complete."""
+    results_files = dict(Ensemble.objects.filter(pk__in={m.ensemble_id for m in members}).values_list("pk", "results_file"))
+    return [job_spec(m, files=run.generation.get(m.files_key, {}), roots=roots, results_file=results_files.get(m.ensemble_id, ""))
+            for m in members]
 
 
 def _cancel(run: Run, members: list[MemberRun]) -> None:
@@ -399,8 +465,44 @@ def _cancel(run: Run, members: list[MemberRun]) -> None:
         launcher_for(run).cancel([job_spec(m) for m in members], group=str(run.pk))
 
 
+def run_stop(*, run: Run) -> str:
+    """The Stop button. A run whose submission has not started (pending) is cancelled
+    here and now: its new members end as Cancelled, the run is finished, so that it
+    may be launched again, and a submit task that comes later has nothing to claim.
+    Anything else is stopped through the launcher, by the run_cancel task.
+    Returns what to tell the user."""
+    if _cancel_unsubmitted(run.pk) and Run.objects.filter(pk=run.pk, finished__isnull=False).exists():
+        return "Stopped: the run had not been submitted yet, so none of its members started."
+    unreachable = []
+    _enqueue("run_cancel", run.pk, on_unreachable=lambda: unreachable.append(True))
+    if unreachable:
+        return "The task queue is not reachable, so the run cannot be stopped yet; try again in a moment."
+    return "Stopping the run: queued members will not start, running ones are terminated."
+
+
+def _cancel_unsubmitted(run_id: int) -> bool:
+    """If the run is pending, take it from the submission (a conditional UPDATE: of this
+    and run_submit's claim, one wins) and cancel its new members; the run is finished
+    unless members of an earlier submission still run (a re-run in progress)."""
+    now = timezone.now()
+    with transaction.atomic():
+        if not Run.objects.filter(pk=run_id, submit_state=SubmitState.PENDING).update(
+            submit_state=SubmitState.CANCELLED, enqueued_at=None
+        ):
+            return False
+        new = MemberRun.objects.filter(run_id=run_id, latest=True, status=MemberStatus.NEW)
+        ids = list(new.values_list("pk", flat=True))
+        new.update(status=MemberStatus.CANCELLED, ended=now, updated=now)
+        _insert_many(StatusEvent, [{"run_id": run_id, "member_id": pk, "status": MemberStatus.CANCELLED, "at": now} for pk in ids])
+        runs_finish([run_id])
+        transaction.on_commit(partial(realtime.run_changed, run_id, ids))
+    return True
+
+
 def run_cancel(*, run_id: int) -> None:
-    """Stop every unfinished member: queued ones never start, running ones are terminated."""
+    """Stop every unfinished member: new ones of a pending run at once, queued ones
+    never start, running ones are terminated."""
+    _cancel_unsubmitted(run_id)
     run = Run.objects.get(pk=run_id)
     _cancel(run, list(run.members.filter(latest=True).exclude(status__in=TERMINAL_STATUSES)))
 
@@ -424,13 +526,12 @@ def run_rerun_failed(*, run_id: int) -> int:
         old = list(run.members.select_for_update().filter(latest=True, status__in=RERUNNABLE))
         if not old:
             return 0
+        # Unique even across runs of the experiment (and data dirs outliving a database).
+        archives = [str(Path(m.cwd).parent / ".attempts" / f"{m.name}.run{run.number}.{m.attempt}-{uuid.uuid4().hex[:6]}")
+                    for m in old]
+        moved = launching.member_side(run).rename([(m.cwd, archive) for m, archive in zip(old, archives)])
         fresh = []
-        for member in old:
-            # Unique even across runs of the experiment (and data dirs outliving a database).
-            archive = Path(member.cwd).parent / ".attempts" / f"{member.name}.run{run.number}.{member.attempt}-{uuid.uuid4().hex[:6]}"
-            if Path(member.cwd).exists():
-                archive.parent.mkdir(parents=True, exist_ok=True)
-                os.rename(member.cwd, archive)
+        for member, archive, was_moved in zip(old, archives, moved):
             fresh.append(
                 MemberRun(
                     run=run, ensemble_id=member.ensemble_id, kind=member.kind, entity=member.entity, name=member.name,
@@ -440,32 +541,16 @@ def run_rerun_failed(*, run_id: int) -> int:
                 )
             )
             member.latest = False
-            if archive.exists():
-                member.cwd = str(archive)
+            if was_moved:
+                member.cwd = archive
         MemberRun.objects.bulk_update(old, ["latest", "cwd"], batch_size=2000)
         MemberRun.objects.bulk_create(fresh, batch_size=2000)
         Run.objects.filter(pk=run.pk).update(submit_state=SubmitState.PENDING, finished=None, submit_error="")
-        _enqueue("run_submit", run.pk)
+        run.submit_state = SubmitState.PENDING
+        _enqueue_submit(run)
+        # The new attempts are new rows: pages that watch the run reload their table.
+        transaction.on_commit(partial(realtime.run_changed, run.pk, [], reload=True))
     return len(fresh)
-
-
-def _collect_results(folder: str, results_file: str) -> dict | None:
-    """The numeric top-level fields of a member's results JSON (at most 1 MB, inside its folder)."""
-    folder = Path(folder).resolve()
-    path = (folder / results_file).resolve()
-    if not path.is_relative_to(folder) or not path.is_file() or path.stat().st_size > 1024 * 1024:
-        return None
-    try:
-        data = json.loads(path.read_text())
-    except (ValueError, OSError):
-        return None
-    if not isinstance(data, dict):
-        return None
-    return {
-        key: value
-        for key, value in data.items()
-        if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    }
 
 
 def _timestamp(epoch: float | None):
@@ -487,9 +572,9 @@ def member_runs_apply(statuses: dict[int, JobStatus]) -> dict[int, list[int]]:
     ids = list(statuses)
     for chunk in range(0, len(ids), 5000):
         current = MemberRun.objects.filter(pk__in=ids[chunk : chunk + 5000]).values_list(
-            "pk", "run_id", "status", "job_id", "started", "error", "cwd", "ensemble__results_file"
+            "pk", "run_id", "status", "job_id", "started", "error"
         )
-        for pk, run_id, old, job_id, started, error, cwd, results_file in current:
+        for pk, run_id, old, job_id, started, error in current:
             status = statuses[pk]
             new = STATE_TO_STATUS[status.state]
             if STATUS_RANK[new] <= STATUS_RANK[old]:
@@ -499,7 +584,7 @@ def member_runs_apply(statuses: dict[int, JobStatus]) -> dict[int, list[int]]:
             if new != MemberStatus.RUNNING and old != MemberStatus.RUNNING and started:
                 # The Running event was missed (or came in the same batch): keep the history whole.
                 events.append({"run_id": run_id, "member_id": pk, "status": MemberStatus.RUNNING, "at": started})
-            results = _collect_results(cwd, results_file) if new == MemberStatus.COMPLETED and results_file else None
+            results = status.results if new == MemberStatus.COMPLETED else None  # read by the member's runner
             updates.append((new, status.job_id or job_id, status.returncode, status.signal, started, ended, now, results,
                             status.error or error, pk))
             events.append({"run_id": run_id, "member_id": pk, "status": new, "at": ended or started or now})
@@ -590,9 +675,7 @@ def runs_finish(run_ids: list[int]) -> None:
     )
     done = [pk for pk in run_ids if pk not in unfinished]
     if done:
-        Run.objects.filter(pk__in=done, finished__isnull=True, submit_state__in=[SubmitState.SUBMITTED, SubmitState.FAILED]).update(
-            finished=timezone.now()
-        )
+        Run.objects.filter(pk__in=done, finished__isnull=True, submit_state__in=SUBMISSION_OVER).update(finished=timezone.now())
 
 
 def _claimer_dead(claimed_by: str, claimed_at) -> bool:
@@ -608,30 +691,48 @@ def _claimer_dead(claimed_by: str, claimed_at) -> bool:
     return False
 
 
+def _resend_unclaimed() -> None:
+    """Send run_submit again for the pending runs no worker has claimed within
+    SUBMIT_GRACE_SECONDS of its last sending, or whose sending failed: the broker was
+    down, or a worker took the task and died before claiming it (Redis would deliver
+    it again only after its visibility timeout, an hour). A duplicate is harmless:
+    run_submit claims first. At most one send a grace period per run, and none more
+    in this pass once the broker turns out to be unreachable."""
+    cutoff = timezone.now() - timedelta(seconds=settings.SUBMIT_GRACE_SECONDS)
+    unclaimed = Run.objects.filter(Q(enqueued_at__isnull=True) | Q(enqueued_at__lt=cutoff), submit_state=SubmitState.PENDING)
+    for run in unclaimed.only("pk", "submit_state", "enqueued_at").order_by("pk"):
+        if _enqueue_submit(run) and run.waiting_for_queue:
+            break
+
+
 def runs_reconcile() -> dict[int, list[int]]:
     """Bring unfinished members in line with what the launchers recorded, resume
-    submissions whose worker died, and resubmit queued jobs whose runner died
-    before starting them. Returns the changed member ids by run."""
+    submissions whose worker died or whose task never reached a worker, and resubmit
+    queued jobs whose runner died before starting them. Returns the changed member
+    ids by run."""
     for run in Run.objects.filter(submit_state=SubmitState.SUBMITTING):
         if _claimer_dead(run.claimed_by, run.claimed_at):
             reset = Run.objects.filter(pk=run.pk, submit_state=SubmitState.SUBMITTING, claimed_by=run.claimed_by).update(
                 submit_state=SubmitState.PENDING
             )
             if reset:
-                _enqueue("run_submit", run.pk)
+                run.submit_state = SubmitState.PENDING
+                _enqueue_submit(run)
+    _resend_unclaimed()
     changed: dict[int, list[int]] = {}
-    for run in Run.objects.filter(finished__isnull=True, submit_state__in=[SubmitState.SUBMITTED, SubmitState.FAILED]):
+    for run in Run.objects.filter(finished__isnull=True, submit_state__in=SUBMISSION_OVER):
         # Only ids and statuses: this runs every few seconds for every unfinished run.
         members = list(run.members.filter(latest=True, status__in=[MemberStatus.QUEUED, MemberStatus.RUNNING]).values_list("pk", "status"))
         if not members:
             runs_finish([run.pk])
             continue
+        in_db = dict(members)
         try:
             launcher = launcher_for(run)
-        except LauncherError:
+            statuses = launcher.status([str(pk) for pk in in_db])
+        except LauncherError as error:  # e.g. the member side (sudo) refused: try again next pass
+            log.warning("cannot reconcile run %s: %s", run.pk, error)
             continue
-        in_db = dict(members)
-        statuses = launcher.status([str(pk) for pk in in_db])
         # Only what the launcher has ahead of the database: events have usually brought the rest.
         ahead = {}
         for key, status in statuses.items():
@@ -640,11 +741,14 @@ def runs_reconcile() -> dict[int, list[int]]:
         for run_id, ids in member_runs_apply(ahead).items():
             changed.setdefault(run_id, []).extend(ids)
         queued = [pk for pk, status in members if status == MemberStatus.QUEUED]
-        if queued and not launcher.runner_alive():
-            queued_members = list(MemberRun.objects.filter(pk__in=queued).order_by("position").only(*JOB_FIELDS))
-            orphans = launcher.unstarted(_generating_jobs(run, queued_members, _file_roots()))
-            if orphans:
-                launcher.submit(orphans, group=str(run.pk), concurrency=run.concurrency)
+        try:
+            if queued and not launcher.runner_alive():
+                queued_members = list(MemberRun.objects.filter(pk__in=queued).order_by("position").only(*JOB_FIELDS))
+                orphans = launcher.unstarted(_generating_jobs(run, queued_members, _file_roots()))
+                if orphans:
+                    launcher.submit(orphans, group=str(run.pk), concurrency=run.concurrency)
+        except LauncherError as error:
+            log.warning("cannot resubmit the orphans of run %s: %s", run.pk, error)
     return changed
 
 

@@ -1,12 +1,13 @@
 """Celery tasks: ids in, one service call, idempotent (each service claims its work first).
-None of them waits for a simulation."""
+None of them waits for a simulation, and none returns a result anybody reads
+(CELERY_TASK_IGNORE_RESULT), bar ping."""
 
 from celery import shared_task
 
 from . import services
 
 
-@shared_task
+@shared_task(ignore_result=False)
 def ping() -> str:
     """Health check: proves a worker is consuming from the broker."""
     return "pong"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import os
 import random
 import shlex
 
@@ -10,6 +11,7 @@ import redis
 from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_not_required
+from django.contrib.auth.forms import AuthenticationForm
 from django.core.exceptions import ValidationError
 from django.db import connection
 from django.http import FileResponse, Http404, HttpResponse, JsonResponse
@@ -28,7 +30,8 @@ from .values import is_numeric
 @login_not_required
 @require_GET
 def healthz(request):
-    """Liveness of the web process and its database and Redis (for monitors and the run command)."""
+    """Liveness of the web process and its database and Redis (for monitors and the run command):
+    the overall status for anyone, which service failed and how only for staff."""
     status = {"web": "ok"}
     try:
         connection.ensure_connection()
@@ -41,7 +44,22 @@ def healthz(request):
     except redis.RedisError as error:
         status["redis"] = f"error: {type(error).__name__}"
     healthy = all(value == "ok" for value in status.values())
-    return JsonResponse(status, status=200 if healthy else 503)
+    overall = {"status": "ok" if healthy else "error"}
+    details = status if request.user.is_authenticated and request.user.is_staff else {}
+    return JsonResponse({**overall, **details}, status=200 if healthy else 503)
+
+
+def login_locked_out(request, *args, **kwargs):
+    """django-axes' answer once a username has failed too often from one address: the
+    login page again, refused (429), saying for how long (AXES_LOCKOUT_CALLABLE)."""
+    minutes = round(settings.AXES_COOLOFF_TIME.total_seconds() / 60)
+    form = AuthenticationForm(request, initial={"username": request.POST.get("username", "")})
+    context = {
+        "form": form,
+        "next": request.POST.get("next", ""),
+        "locked_out": f"Too many failed log-ins for this username from your address: try again in {minutes} minutes.",
+    }
+    return render(request, "registration/login.html", context, status=429)
 
 
 # --- experiments -------------------------------------------------------------
@@ -111,7 +129,8 @@ def experiment_delete(request, pk):
         services.experiment_delete(experiment=experiment)
         messages.success(request, f"Experiment '{experiment.name}' deleted.")
         return redirect("ensembles:experiment_list")
-    return render(request, "ensembles/confirm_delete.html", {"object": experiment, "kind": "experiment"})
+    cancel_url = reverse("ensembles:experiment_detail", args=[experiment.pk])
+    return render(request, "ensembles/confirm_delete.html", {"object": experiment, "kind": "experiment", "cancel_url": cancel_url})
 
 
 # --- ensembles: the builder --------------------------------------------------
@@ -205,7 +224,9 @@ def _preview_context(form, formset, data, experiment, ensemble) -> dict:
             context.update(
                 preview_member=member_index,
                 preview_file=file_index,
-                rendered_file=selectors.configured_file_preview(path, label, params, cleaned.get("tag") or ";"),
+                rendered_file=selectors.configured_file_preview(
+                    path, label, params, cleaned.get("tag") or ";", roots=selectors.file_roots(experiment.owner_id)
+                ),
             )
     return context
 
@@ -239,6 +260,7 @@ def ensemble_edit(request, pk=None, experiment_pk=None):
     # The preview itself is fetched by htmx as soon as the page loads (one code path).
     context = {"form": form, "formset": formset, "ensemble": ensemble, "experiment": experiment}
     context["attach_form"] = AttachFileForm()
+    context["attached_files"] = selectors.attached_files(ensemble) if ensemble else []
     context["preview_url"] = (
         reverse("ensembles:ensemble_preview", args=[ensemble.pk])
         if ensemble
@@ -273,7 +295,8 @@ def ensemble_delete(request, pk):
         services.ensemble_delete(ensemble=ensemble)
         messages.success(request, f"Ensemble '{ensemble.name}' deleted.")
         return redirect("ensembles:experiment_detail", pk=experiment.pk)
-    return render(request, "ensembles/confirm_delete.html", {"object": ensemble, "kind": "ensemble"})
+    cancel_url = reverse("ensembles:ensemble_edit", args=[ensemble.pk])
+    return render(request, "ensembles/confirm_delete.html", {"object": ensemble, "kind": "ensemble", "cancel_url": cancel_url})
 
 
 @require_POST
@@ -291,14 +314,17 @@ def file_attach(request, pk):
         except ValidationError as error:
             form.apply_errors(error)
     if form.errors:
-        return render(
-            request, "ensembles/partials/attached_files.html", {"ensemble": ensemble, "attach_form": form}, status=422
-        )
+        return _attached_files(request, ensemble, form, status=422)
     return _files_changed(request, ensemble)
 
 
+def _attached_files(request, ensemble, attach_form, status=200):
+    context = {"ensemble": ensemble, "attached_files": selectors.attached_files(ensemble), "attach_form": attach_form}
+    return render(request, "ensembles/partials/attached_files.html", context, status=status)
+
+
 def _files_changed(request, ensemble):
-    response = render(request, "ensembles/partials/attached_files.html", {"ensemble": ensemble, "attach_form": AttachFileForm()})
+    response = _attached_files(request, ensemble, AttachFileForm())
     response["HX-Trigger"] = "files-changed"  # the builder refreshes its preview
     return response
 
@@ -356,7 +382,8 @@ def member_delete(request, pk):
         if member.ensemble_id:
             return redirect("ensembles:ensemble_edit", pk=member.ensemble_id)
         return redirect("ensembles:experiment_detail", pk=member.experiment_id)
-    return render(request, "ensembles/confirm_delete.html", {"object": member, "kind": "model"})
+    cancel_url = reverse("ensembles:member_edit", args=[member.pk])
+    return render(request, "ensembles/confirm_delete.html", {"object": member, "kind": "model", "cancel_url": cancel_url})
 
 
 # --- runs ----------------------------------------------------------------------
@@ -374,6 +401,8 @@ def run_launch(request, pk):
     except ValidationError as error:
         messages.error(request, " ".join(error.messages))
         return redirect("ensembles:experiment_detail", pk=experiment.pk)
+    if run.waiting_for_queue:
+        messages.warning(request, services.QUEUE_UNREACHABLE)
     return redirect("ensembles:run_detail", pk=run.pk)
 
 
@@ -416,8 +445,7 @@ def _queued(message: str) -> HttpResponse:
 @require_POST
 def run_cancel(request, pk):
     run = selectors.run_get(request.user, pk)
-    tasks.run_cancel.delay_on_commit(run.pk)
-    return _queued("Stopping the run: queued members will not start, running ones are terminated.")
+    return _queued(services.run_stop(run=run))
 
 
 @require_POST
@@ -444,19 +472,27 @@ def member_run_detail(request, pk):
             "member": member,
             "run": member.run,
             "command": shlex.join(member.argv),
-            "files": selectors.member_files(member),
+            "files": selectors.member_files(member, _int_from(request.GET, "files_page", 1)),
             "attempts": selectors.member_attempts(member),
         },
     )
 
 
 @require_GET
+def member_run_files(request, pk):
+    """One page of the member directory's listing (htmx swaps it into the member page)."""
+    member = selectors.member_run_get(request.user, pk)
+    files = selectors.member_files(member, _int_from(request.GET, "page", 1))
+    return render(request, "ensembles/partials/member_files.html", {"member": member, "files": files})
+
+
+@require_GET
 def member_run_file(request, pk, name):
     member = selectors.member_run_get(request.user, pk)
-    path = selectors.member_file_path(member, name)
-    if path is None:
+    descriptor = selectors.member_file_open(member, name)
+    if descriptor is None:
         raise Http404("No such file in the member directory.")
-    return FileResponse(open(path, "rb"), as_attachment=True, filename=path.name)
+    return FileResponse(os.fdopen(descriptor, "rb"), as_attachment=True, filename=name)
 
 
 @require_GET

@@ -5,6 +5,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -128,8 +129,32 @@ class Process:
                 self.kill()
 
 
+def _executable_by_others(path: str) -> bool:
+    """Whether any account may run ``path``: every folder on its way searchable, the file executable, by others."""
+    real = Path(os.path.realpath(path))
+    if not os.stat(real).st_mode & 0o001:
+        return False
+    return all(os.stat(folder).st_mode & 0o001 for folder in real.parents)
+
+
 @pytest.fixture(scope="session")
-def stack_env(django_db_setup, test_database_url):
+def member_agent():
+    """The member-side agent where every Unix account can run it (FLOTILLA_RUN_AS=user):
+    a copy of its code in a folder of its own (this checkout may sit in a private home),
+    on an interpreter the accounts may execute. Set for this process and the stack's."""
+    from launchers.accounts import install_agent
+
+    folder = Path(tempfile.mkdtemp(prefix="flotilla-agent-"))
+    folder.chmod(0o755)
+    python = next((p for p in (sys.executable, "/usr/bin/python3") if os.path.exists(p) and _executable_by_others(p)), None)
+    agent = {"FLOTILLA_AGENT_DIR": str(install_agent(folder)), "FLOTILLA_AGENT_PYTHON": python or sys.executable}
+    settings.AGENT_DIR, settings.AGENT_PYTHON = Path(agent["FLOTILLA_AGENT_DIR"]), agent["FLOTILLA_AGENT_PYTHON"]
+    yield agent
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def stack_env(django_db_setup, test_database_url, member_agent):
     """The environment worker and monitor share with this test process (same DB, queue, stream)."""
     client = redis.Redis.from_url(settings.REDIS_URL)
     client.delete(settings.EVENT_STREAM, settings.CELERY_TASK_DEFAULT_QUEUE)
@@ -141,6 +166,7 @@ def stack_env(django_db_setup, test_database_url):
         "FLOTILLA_TASK_QUEUE": settings.CELERY_TASK_DEFAULT_QUEUE,
         "FLOTILLA_EVENT_STREAM": settings.EVENT_STREAM,
         "FLOTILLA_CANCEL_GRACE_SECONDS": "2",
+        **member_agent,
     }
     client.delete(settings.EVENT_STREAM, settings.CELERY_TASK_DEFAULT_QUEUE)
 

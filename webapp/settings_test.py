@@ -12,6 +12,7 @@ os.environ.setdefault("FLOTILLA_DATA_DIR", str(BASE_DIR / "var" / "test-data" / 
 # test session, on the same Redis; child processes inherit these through the environment.
 os.environ.setdefault("FLOTILLA_TASK_QUEUE", f"flotilla-tests-{os.getpid()}")
 os.environ.setdefault("FLOTILLA_EVENT_STREAM", f"flotilla:test-events:{os.getpid()}")
+os.environ.setdefault("FLOTILLA_CHANNEL_PREFIX", f"flotilla-tests-{os.getpid()}")
 
 from .settings import *  # noqa: E402,F403
 

@@ -77,6 +77,22 @@
   document.addEventListener("htmx:wsAfterMessage", function () {
     document.body.dispatchEvent(new CustomEvent("run-changed"));
   });
+  // Log tails: start from where this page got to (every byte once, also after a
+  // reconnect), and acknowledge each message: the server sends only as fast as we read.
+  function logPane(event) {
+    var elt = event.target;
+    return elt && elt.closest ? elt.closest("[data-log-stream]") : null;
+  }
+  document.addEventListener("htmx:wsOpen", function (event) {
+    var pane = logPane(event);
+    if (!pane) return;
+    var mark = document.getElementById("log-" + pane.dataset.logStream + "-offset");
+    var offset = mark && mark.dataset.offset ? parseInt(mark.dataset.offset, 10) : null;
+    event.detail.socketWrapper.send(JSON.stringify({ action: "start", offset: offset }));
+  });
+  document.addEventListener("htmx:wsAfterMessage", function (event) {
+    if (logPane(event)) event.detail.socketWrapper.send(JSON.stringify({ action: "ack" }));
+  });
   document.addEventListener("htmx:oobAfterSwap", function (event) {
     var target = event.detail.target;
     if (target && target.hasAttribute && target.hasAttribute("data-follow")) {

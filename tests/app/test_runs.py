@@ -134,15 +134,13 @@ def test_run_page_query_count_does_not_grow_with_members(alice_client, alice, ex
     assert queries_for(5, "small") == queries_for(250, "large")
 
 
-def test_statuses_only_move_forward_and_results_are_collected(run, tmp_path):
+def test_statuses_only_move_forward_and_results_are_stored(run):
+    """The results come with the Completed status: the member's runner reads them (as the member's account)."""
     member = run.members.get(name="sweep_0")
-    member.ensemble.results_file = "out.json"
-    member.ensemble.save()
-    Path(member.cwd).mkdir(parents=True)
-    (Path(member.cwd) / "out.json").write_text(json.dumps({"energy": 1.5, "label": "x", "flag": True, "n": 3}))
     key = member.pk
     services.member_runs_apply({key: JobStatus(JobState.RUNNING, job_id="123", started=1000.0)})
-    services.member_runs_apply({key: JobStatus(JobState.COMPLETED, job_id="123", returncode=0, started=1000.0, ended=1002.5)})
+    services.member_runs_apply({key: JobStatus(JobState.COMPLETED, job_id="123", returncode=0, started=1000.0, ended=1002.5,
+                                               results={"energy": 1.5, "n": 3})})
     changed = services.member_runs_apply({key: JobStatus(JobState.RUNNING, job_id="123", started=1000.0)})  # late, replayed
     member.refresh_from_db()
     assert changed == {}
@@ -167,7 +165,7 @@ def test_rerun_failed_creates_new_attempts_linked_to_the_old_ones(run, django_ca
     (Path(old.cwd) / "sweep_0.out").write_text("first attempt")
     with django_capture_on_commit_callbacks() as callbacks:
         assert services.run_rerun_failed(run_id=run.pk) == 2
-    assert len(callbacks) == 1
+    assert len(callbacks) == 2  # the submit, and the table's reload on the pages that watch the run
     new = run.members.get(name="sweep_0", latest=True)
     old.refresh_from_db()
     assert (new.attempt, new.previous_id, new.status) == (2, old.pk, MemberStatus.NEW)
@@ -204,6 +202,7 @@ def test_export_has_smartsim_columns_params_and_results(alice_client, run):
 
 
 def test_action_buttons_enqueue_tasks_after_commit(alice_client, run, django_capture_on_commit_callbacks):
+    Run.objects.filter(pk=run.pk).update(submit_state="submitted")  # a pending run stops at once (test_runs_pending.py)
     member = run.members.first()
     for url in [
         reverse("ensembles:run_cancel", args=[run.pk]),

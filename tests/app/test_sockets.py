@@ -33,16 +33,20 @@ def session_cookie(user) -> str:
     return client.cookies["sessionid"].value
 
 
-def connect(path, cookie=None, origin="http://127.0.0.1:8000"):
+def connect(path, cookie=None, origin="http://127.0.0.1:8000", host="127.0.0.1:8000", scheme="ws", headers=()):
     """A communicator through the whole ASGI stack (origin check, session auth, routing)."""
     from webapp.asgi import application
 
-    headers = [(b"host", b"127.0.0.1:8000")]
+    headers = [(b"host", host.encode()), *((name.encode(), value.encode()) for name, value in headers)]
     if origin:
         headers.append((b"origin", origin.encode()))
     if cookie is not None:
         headers.append((b"cookie", f"sessionid={cookie}".encode()))
-    return WebsocketCommunicator(application, path, headers=headers)
+
+    async def with_scheme(scope, receive, send):  # the server's scope says ws or wss
+        return await application({**scope, "scheme": scheme}, receive, send)
+
+    return WebsocketCommunicator(with_scheme, path, headers=headers)
 
 
 async def _open(communicator):
@@ -92,21 +96,78 @@ def test_a_foreign_origin_is_refused(run, alice):
     assert not connected
 
 
-def test_the_log_tail_sends_the_last_64_kb_then_follows(run, alice):
+@pytest.mark.parametrize(
+    "origin, host, scheme, headers, accepted",
+    [
+        ("http://127.0.0.1:8000", "127.0.0.1:8000", "ws", (), True),  # the page's own origin, port included
+        ("http://127.0.0.1:9999", "127.0.0.1:8000", "ws", (), False),  # another port: another site
+        ("http://127.0.0.1", "127.0.0.1:8000", "ws", (), False),  # the default port is another port too
+        ("https://127.0.0.1:8000", "127.0.0.1:8000", "ws", (), False),  # another scheme
+        ("http://127.0.0.1:8000", "127.0.0.1:8000", "wss", (), False),
+        ("https://127.0.0.1:8000", "127.0.0.1:8000", "wss", (), True),
+        ("http://localhost:8000", "127.0.0.1:8000", "ws", (), False),  # another host name, though allowed
+        (None, "127.0.0.1:8000", "ws", (), False),  # no Origin: not a browser's page of ours
+        ("null", "127.0.0.1:8000", "ws", (), False),  # a sandboxed or file: page
+        ("http://evil.example:8000", "evil.example:8000", "ws", (), False),  # Host not in ALLOWED_HOSTS
+        # Behind the HTTPS proxy the proxy's header says the scheme, not the socket's own.
+        ("https://127.0.0.1:8000", "127.0.0.1:8000", "ws", (("x-forwarded-proto", "https"),), "proxy"),
+        ("http://127.0.0.1:8000", "127.0.0.1:8000", "ws", (("x-forwarded-proto", "https"),), "refused behind proxy"),
+    ],
+)
+def test_a_socket_opens_only_from_the_pages_own_scheme_host_and_port(run, alice, settings, origin, host, scheme, headers, accepted):
+    if accepted in ("proxy", "refused behind proxy"):
+        settings.SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+        accepted = accepted == "proxy"
+    cookie = session_cookie(alice)
+
+    async def scenario():
+        communicator = connect(f"/ws/runs/{run.pk}/", cookie, origin=origin, host=host, scheme=scheme, headers=headers)
+        connected, _ = await _open(communicator)
+        await communicator.disconnect()
+        return connected
+
+    assert async_to_sync(scenario)() is accepted
+
+
+@pytest.mark.parametrize("trusted", ["https://flotilla.example.org", "https://*.example.org"])
+def test_an_origin_in_csrf_trusted_origins_is_accepted(run, alice, settings, trusted):
+    settings.CSRF_TRUSTED_ORIGINS = [trusted]
+    cookie = session_cookie(alice)
+
+    async def scenario(origin):
+        communicator = connect(f"/ws/runs/{run.pk}/", cookie, origin=origin)
+        connected, _ = await _open(communicator)
+        await communicator.disconnect()
+        return connected
+
+    assert async_to_sync(scenario)("https://flotilla.example.org")
+    assert not async_to_sync(scenario)("http://flotilla.example.org")  # the scheme is part of it
+    assert not async_to_sync(scenario)("https://flotilla.example.org:8443")  # and so is the port
+
+
+def _member_log(run, content: bytes):
     member = run.members.first()
     folder = Path(member.cwd)
     folder.mkdir(parents=True)
     log = folder / f"{member.name}.out"
-    log.write_bytes(b"a" * 100_000 + b"<end of old>\n")
+    log.write_bytes(content)
+    return member, log
+
+
+def test_the_log_tail_sends_the_last_64_kb_then_follows(run, alice):
+    member, log = _member_log(run, b"a" * 100_000 + b"<end of old>\n")
     cookie = session_cookie(alice)
 
     async def scenario():
         communicator = connect(f"/ws/member-runs/{member.pk}/log/out/", cookie)
         assert (await _open(communicator))[0]
+        await communicator.send_to(text_data='{"action": "start", "offset": null}')
         first = await communicator.receive_from(timeout=5)
+        await communicator.send_to(text_data='{"action": "ack"}')
         with open(log, "ab") as out:
             out.write("new line é\n".encode())
         second = await communicator.receive_from(timeout=5)
+        await communicator.send_to(text_data='{"action": "ack"}')
         await communicator.send_to(text_data='{"action": "pause"}')
         await asyncio.sleep(0.1)
         with open(log, "ab") as out:
@@ -120,9 +181,55 @@ def test_the_log_tail_sends_the_last_64_kb_then_follows(run, alice):
     first, second, paused, third = async_to_sync(scenario)()
     assert first.startswith('<pre id="log-out" hx-swap-oob="beforeend">')
     assert first.count("a") >= 65_000 - 200 and "&lt;end of old&gt;" in first and first.count("a") < 66_000
+    assert first.endswith(f'<span id="log-out-offset" data-offset="{100_013}" hx-swap-oob="true"></span>')
     assert "new line é" in second
     assert paused
     assert "while paused" in third
+
+
+def test_a_log_tail_waits_for_the_browser_to_start_it_and_resumes_from_its_offset(run, alice):
+    """After a reconnect the page says how far it got: it gets only what follows, every byte once."""
+    member, log = _member_log(run, b"line 1\nline 2\n")
+    cookie = session_cookie(alice)
+
+    async def scenario():
+        communicator = connect(f"/ws/member-runs/{member.pk}/log/out/", cookie)
+        assert (await _open(communicator))[0]
+        before_start = await communicator.receive_nothing(timeout=0.5)
+        with open(log, "ab") as out:
+            out.write(b"line 3\n")
+        await communicator.send_to(text_data='{"action": "start", "offset": 7}')  # it had shown "line 1\n"
+        resumed = await communicator.receive_from(timeout=5)
+        await communicator.disconnect()
+        return before_start, resumed
+
+    before_start, resumed = async_to_sync(scenario)()
+    assert before_start
+    assert resumed.startswith('<pre id="log-out" hx-swap-oob="beforeend">line 2\nline 3\n</pre>')
+
+
+def test_a_log_tail_sends_no_faster_than_the_browser_acknowledges(run, alice):
+    """A client that stops reading gets at most two messages in flight, however much the member writes."""
+    member, log = _member_log(run, b"")
+    cookie = session_cookie(alice)
+
+    async def scenario():
+        communicator = connect(f"/ws/member-runs/{member.pk}/log/out/", cookie)
+        assert (await _open(communicator))[0]
+        with open(log, "ab") as out:
+            out.write(b"y\n" * 1_500_000)  # 3 MB
+        await communicator.send_to(text_data='{"action": "start", "offset": 0}')
+        received = [await communicator.receive_from(timeout=5), await communicator.receive_from(timeout=5)]
+        stalled = await communicator.receive_nothing(timeout=1.0)
+        await communicator.send_to(text_data='{"action": "ack"}')
+        received.append(await communicator.receive_from(timeout=5))
+        await communicator.disconnect()
+        return received, stalled
+
+    received, stalled = async_to_sync(scenario)()
+    assert stalled  # two unacknowledged messages: nothing more until the browser catches up
+    assert all(len(message) < 300 * 1024 for message in received)
+    assert len(received) == 3
 
 
 def test_a_log_stream_other_than_out_or_err_is_refused(run, alice):

@@ -1,5 +1,6 @@
 """Make sure an administrator account exists; print how to log in the first time."""
 
+import os
 import secrets
 
 from django.conf import settings
@@ -19,11 +20,14 @@ class Command(BaseCommand):
             return
         password = secrets.token_urlsafe(12)
         User.objects.create_superuser("admin", email="", password=password)
-        password_file.write_text(password + "\n")
-        password_file.chmod(0o600)
+        # Readable by the server's account only from its first byte, and never printed:
+        # logs are read by more people, and kept longer, than this file.
+        password_file.unlink(missing_ok=True)
+        with open(os.open(password_file, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600), "w") as out:
+            out.write(password + "\n")
         self.stdout.write(
             self.style.SUCCESS(
-                f"Created the administrator account.\n  user: admin\n  password: {password}\n"
-                f"(also saved in {password_file}; change it in the admin and delete that file)"
+                f"Created the administrator account 'admin'; its password is in {password_file} "
+                "(change it in the admin, then delete that file)."
             )
         )

@@ -9,8 +9,11 @@ websocket message per run each time); when nobody watches, writes wait until a
 runner sends its last entry (it pushes a wake-up the monitor blocks on), or at
 most 500 ms: each wake-up costs the monitor ~1 ms of CPU while members run,
 taken from them. Every few seconds, and at start, it reconciles unfinished
-members from what the launchers recorded (the source of truth), and resumes
-submissions whose worker died.
+members from what the launchers recorded (the source of truth), resumes
+submissions whose worker died, and sends again a submission no worker claimed
+within FLOTILLA_SUBMIT_GRACE_SECONDS (the task queue was down at launch, or a
+worker died holding the task). While Redis is down it logs the error and tries
+again every second.
 """
 
 import gc
