@@ -41,7 +41,6 @@ blocks.
 from __future__ import annotations
 
 import collections
-import dataclasses
 import errno
 import fcntl
 import json
@@ -347,7 +346,7 @@ def _start_runner(config: dict, log_path: Path, pid_path: Path) -> int:
     log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
     try:
         process = subprocess.Popen(
-            [sys.executable, "-I", str(RUNNER_PROGRAM), str(pid_path)],
+            [sys.executable, "-I", "-S", str(RUNNER_PROGRAM), str(pid_path)],  # the standard library is enough
             stdin=subprocess.PIPE,
             stdout=None if config.get("events_to_stdout") else subprocess.DEVNULL,  # a relay reads them there
             stderr=log_fd, env={}, close_fds=True,
@@ -364,20 +363,10 @@ def _start_runner(config: dict, log_path: Path, pid_path: Path) -> int:
     return pid
 
 
-def runner_main(pid_path: str) -> None:
-    """``runner_main.py``: read the configuration, detach, and run the jobs.
-    Everything the runner and its members create is readable by their account only."""
-    signal.signal(signal.SIGUSR1, signal.SIG_IGN)  # a cancel's nudge must not kill it; the runner reads the keys anyway
-    config = json.loads(sys.stdin.buffer.read())
-    os.umask(0o077)
-    child = os.fork()
-    if child:
-        Path(pid_path).write_text(str(child))
-        os._exit(0)
-    os.setsid()
-    null = os.open(os.devnull, os.O_RDONLY)
-    os.dup2(null, 0)
-    os.close(null)
+def runner_main(config: dict) -> None:
+    """``runner_main.py``, once detached: run the jobs of ``config``. Everything the
+    runner and its members create is readable by their account only (the program set
+    the umask)."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
     logging.root.handlers = [handler]
@@ -445,7 +434,7 @@ class LocalLauncher(Launcher):
         config = {
             "work_dir": str(self.work_dir),
             "name": name,
-            "jobs": [dataclasses.asdict(job) for job in jobs],
+            "jobs": [vars(job) for job in jobs],  # (dataclasses.asdict deep-copies: 30x slower for 1000 jobs)
             "group": group,
             "concurrency": concurrency or os.cpu_count() or 1,
             "grace": self.grace,
