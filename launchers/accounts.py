@@ -106,15 +106,20 @@ class Account(ServerSide):
                                        stderr=subprocess.PIPE, env=COMMAND_ENV, close_fds=True)
         except OSError as error:
             raise LauncherError(f"cannot run sudo: {error}") from None
-        if payload is None:
-            stdout, stderr = process.communicate(json.dumps(request).encode() + b"\n", timeout=self.timeout)
-        else:
-            try:
-                process.stdin.write(json.dumps(request).encode() + b"\n")
-                payload(process.stdin)
-            except BrokenPipeError:  # the agent gave up: its message says why
-                pass
-            stdout, stderr = process.communicate(timeout=self.timeout)  # (closes stdin)
+        try:
+            if payload is None:
+                stdout, stderr = process.communicate(json.dumps(request).encode() + b"\n", timeout=self.timeout)
+            else:
+                try:
+                    process.stdin.write(json.dumps(request).encode() + b"\n")
+                    payload(process.stdin)
+                except BrokenPipeError:  # the agent gave up: its message says why
+                    pass
+                stdout, stderr = process.communicate(timeout=self.timeout)  # (closes stdin)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+            raise LauncherError(f"the member-side agent of {self.account!r} did not answer within {self.timeout:.0f} s") from None
         if process.returncode != 0:
             raise self._failure(stderr, process.returncode)
         return json.loads(stdout) if stdout else None
@@ -125,13 +130,21 @@ class Account(ServerSide):
         try:
             process = subprocess.Popen(self.command("open"), stdin=subprocess.PIPE, stdout=theirs, stderr=subprocess.PIPE,
                                        env=COMMAND_ENV, close_fds=True)
+        except OSError as error:
+            ours.close()
+            raise LauncherError(f"cannot run sudo: {error}") from None
+        finally:
             theirs.close()
+        try:
             process.stdin.write(json.dumps({"paths": paths}).encode() + b"\n")
             process.stdin.close()
             ours.settimeout(self.timeout)
-            message, ancillary, _, _ = ours.recvmsg(65536, socket.CMSG_SPACE(len(paths) * 4))
+            message, ancillary, _, _ = ours.recvmsg(65536, socket.CMSG_SPACE(len(paths) * 4), socket.MSG_CMSG_CLOEXEC)
             stderr = process.stderr.read()
             process.wait(self.timeout)
+        except (OSError, subprocess.TimeoutExpired) as error:
+            process.kill()
+            raise LauncherError(f"the member-side agent of {self.account!r} did not answer: {error}") from None
         finally:
             ours.close()
         if process.returncode != 0 or not message:

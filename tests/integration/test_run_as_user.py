@@ -180,3 +180,15 @@ def test_cancel_and_the_log_tail_work_through_the_account(stack, user_mode, alic
     services.run_cancel(run_id=run.pk)
     members = wait_for(lambda: _finished(run), message="cancelled")
     assert [m.status for m in members] == ["Cancelled", "Cancelled"]
+
+    # A re-run moves the earlier attempt's folder aside, as the account, and starts afresh.
+    wait_for(lambda: Run.objects.get(pk=run.pk).finished, message="run finished")
+    assert services.run_rerun_failed(run_id=run.pk) == 2
+    second = wait_for(lambda: (m := MemberRun.objects.filter(run=run, latest=True).order_by("position").first())
+                      and m.status == "Running" and m)
+    first.refresh_from_db()
+    assert ".attempts" in first.cwd and second.attempt == 2
+    assert [e["name"] for e in side.list_folder(first.cwd, offset=0, limit=10)["entries"]] == [
+        "flotilla_params.json", f"{first.name}.err", f"{first.name}.out"]
+    services.run_cancel(run_id=run.pk)
+    wait_for(lambda: _finished(run), message="the second attempts cancelled")
