@@ -271,7 +271,6 @@ def run_launch(*, user, experiment: Experiment, concurrency: int | None = None) 
             "(FLOTILLA_MAX_MEMBERS_PER_RUN). Sample fewer with the random strategy."
         )
     home = launching.account_root(run_as) if run_as else settings.DATA_DIR / owner_folder(user)
-    root = home / experiment.name
     with transaction.atomic():
         Experiment.objects.select_for_update().get(pk=experiment.pk)  # one launch at a time per experiment
         active = experiment.runs.filter(finished__isnull=True).first()
@@ -292,6 +291,8 @@ def run_launch(*, user, experiment: Experiment, concurrency: int | None = None) 
             generation=generation,
             work_dir=str((home / ".runs" if run_as else settings.DATA_DIR / "runs") / uuid.uuid4().hex),
         )
+        # Each run has a folder of its own: a later run never touches an earlier one's files.
+        root = home / experiment.name / "runs" / str(run.number)
         _insert_many(MemberRun, list(_member_rows(root, ensembles, spaces, models)), run=run)
         _enqueue_submit(run)
     return run  # run.waiting_for_queue: the task queue could not take it (see QUEUE_UNREACHABLE)

@@ -34,7 +34,7 @@ def test_launch_creates_one_member_run_per_member_in_order(run, settings):
     assert members[1].params == {"alpha": 1, "beta": "y"}
     assert members[1].argv == ["/bin/echo", "run", "-alpha", "1"] or members[1].argv == ["/bin/echo", "run", "--alpha=1"]
     assert members[1].env == {"SSKEYOUT": "sweep_1"}
-    assert members[1].cwd == str(settings.DATA_DIR / "alice" / "heat" / "sweep" / "sweep_1")
+    assert members[1].cwd == str(settings.DATA_DIR / "alice" / "heat" / "runs" / "1" / "sweep" / "sweep_1")
     assert {m.status for m in members} == {MemberStatus.NEW}
     assert run.number == 1 and run.launcher == "local"
 
@@ -44,8 +44,8 @@ def test_members_added_by_hand_and_standalone_models_are_launched_too(alice, exp
     services.member_save(experiment=experiment, spec={"name": "baseline", "run_settings": {"exe": "/bin/true"}})
     run = services.run_launch(user=alice, experiment=experiment)
     names = list(run.members.order_by("position").values_list("name", "kind", "cwd"))
-    assert names[-2] == ("extra", "added", str(settings.DATA_DIR / "alice" / "heat" / "sweep" / "extra"))
-    assert names[-1] == ("baseline", "model", str(settings.DATA_DIR / "alice" / "heat" / "baseline"))
+    assert names[-2] == ("extra", "added", str(settings.DATA_DIR / "alice" / "heat" / "runs" / "1" / "sweep" / "extra"))
+    assert names[-1] == ("baseline", "model", str(settings.DATA_DIR / "alice" / "heat" / "runs" / "1" / "baseline"))
 
 
 @pytest.mark.parametrize(

@@ -90,6 +90,31 @@ def test_rerun_failed_makes_new_attempts_linked_to_the_old(stack, alice, experim
     assert members[0].attempt == 1
 
 
+def test_every_run_and_attempt_keeps_its_own_files(stack, alice, experiment):
+    """Run 2 of an ensemble leaves run 1's outputs and results as they were (re-run attempts
+    keep theirs too: test_rerun_failed_makes_new_attempts_linked_to_the_old)."""
+    script = ("import json, os, sys; print(os.environ['TAG']); "
+              "json.dump({'value': float(sys.argv[-1])}, open('results.json', 'w'))")
+    ensemble = services.ensemble_save(experiment=experiment, spec={
+        "name": "kept", "params": [{"name": "v", "values": "1, 2"}], "params_as_args": ["v"],
+        "run_settings": {"exe": PY, "exe_args": ["-c", script], "env_vars": {"TAG": "first"}}, "results_file": "results.json",
+    })
+    first = services.run_launch(user=alice, experiment=experiment)
+    wait_for(lambda: all_terminal(first) and Run.objects.get(pk=first.pk).finished, message="run 1 done")
+    services.ensemble_save(experiment=experiment, ensemble=ensemble, spec={
+        "name": "kept", "params": [{"name": "v", "values": "1, 2"}], "params_as_args": ["v"],
+        "run_settings": {"exe": PY, "exe_args": ["-c", script], "env_vars": {"TAG": "second"}}, "results_file": "results.json",
+    })
+    second = services.run_launch(user=alice, experiment=experiment)
+    wait_for(lambda: all_terminal(second) and Run.objects.get(pk=second.pk).finished, message="run 2 done")
+    for run, tag in ((first, "first"), (second, "second")):
+        for member in members_of(run):
+            assert member.status == "Completed", member.error
+            assert Path(member.stdout).read_text() == f"{tag}\n"
+            assert member.results == {"value": float(member.params["v"])}
+    assert members_of(first)[0].cwd != members_of(second)[0].cwd
+
+
 def test_the_concurrency_limit_is_held(stack, alice, experiment):
     run = launch(alice, experiment, {
         "name": "limited",
