@@ -7,6 +7,7 @@ arithmetic on indexes, so a 10^15-member all_perm space costs no more than a
 
 from __future__ import annotations
 
+import hashlib
 import math
 import random
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -16,11 +17,16 @@ __all__ = [
     "STRATEGIES",
     "ExpansionError",
     "ParameterSpace",
+    "Params",
     "count_parts",
     "exact_count",
     "expand",
     "format_arg",
     "format_count",
+    "format_value",
+    "text_overrides",
+    "texts_of",
+    "value_text",
 ]
 
 STRATEGIES = ("all_perm", "step", "random")
@@ -71,8 +77,61 @@ def exact_count(n: int) -> str:
     return str(n) if n.bit_length() <= _MAX_EXACT_DIGITS * 3.32 else format_count(n)
 
 
+def format_value(value: Any) -> str:
+    """The text of a value whose typed text is not known: SmartSim's ``str(value)``
+    (a float in its shortest round-trip form, so ``0.3`` is ``0.3``)."""
+    return value if isinstance(value, str) else str(value)
+
+
+def value_text(values: Sequence, index: int) -> str:
+    """The text of ``values[index]`` as it was typed, when the sequence knows it
+    (``text_at``, see ensembles.values), else ``format_value`` of the value."""
+    text_at = getattr(values, "text_at", None)
+    return text_at(index) if text_at is not None else format_value(values[index])
+
+
+class Params(dict):
+    """One member's parameters: the typed values (int/float/bool/str, for JSON, the
+    database, sorting and plots) and ``text``, the text each value was typed as
+    (``true``, ``1e-3``, ``0.10``), which is what command lines and configured files
+    are given. ``text`` is computed on first use from the columns the values came from."""
+
+    def __init__(self, values=(), text: Mapping[str, str] | None = None, *, sources=None):
+        super().__init__(values)
+        self._text = dict(text) if text is not None else None
+        self._sources = sources  # [(name, column, index)], for a lazy ``text``
+
+    @property
+    def text(self) -> dict[str, str]:
+        if self._text is None:
+            self._text = {name: value_text(column, i) for name, column, i in self._sources or ()}
+        return self._text
+
+    @property
+    def written(self) -> dict[str, str]:
+        """Every parameter as it is written to command lines and files, in order (for display)."""
+        return texts_of(self)
+
+
+def texts_of(params: Mapping[str, Any], texts: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The text to write for each parameter: from ``texts``, else as typed (``params.text``
+    of a Params), else ``format_value`` of the typed value."""
+    known = dict(getattr(params, "text", None) or {})
+    known.update(texts or {})
+    return {name: known[name] if name in known else format_value(value) for name, value in params.items()}
+
+
+def text_overrides(params: Mapping[str, Any]) -> dict[str, str]:
+    """The typed texts that differ from ``format_value`` of their value (``true`` for True,
+    ``1e-3`` for 0.001): all that must be stored beside the typed values to write them as typed."""
+    known = getattr(params, "text", None) or {}
+    return {
+        name: known[name] for name, value in params.items() if name in known and known[name] != format_value(value)
+    }
+
+
 class ParameterSpace(Sequence):
-    """A read-only, lazy sequence of member parameter dicts.
+    """A read-only, lazy sequence of member parameters (``Params``: typed values, and their text).
 
     Supports ``len``, integer indexes (negative too), slices (which return
     another lazy ParameterSpace) and iteration. ``warnings`` lists, in plain
@@ -132,24 +191,42 @@ def _range_size(positions: range) -> int:
 class _Shuffle:
     """A seeded pseudo-random bijection of range(n), computed per index in O(1):
     a Feistel network on the smallest even number of bits covering n, walking
-    the cycle past values >= n. Sampling k members is then k lookups, whatever n."""
+    the cycle past values >= n. Sampling k members is then k lookups, whatever n.
+
+    The round function is BLAKE2b keyed by the seed over a fixed-width encoding of
+    the round and the half-block, never Python's ``hash()`` (whose algorithm for
+    tuples changed in 3.8 and may change again): a saved seed picks the same members
+    on every Python version and platform."""
 
     ROUNDS = 4
+    _BLOCK_BITS = 512  # blake2b's largest digest; wider halves take several blocks
 
     def __init__(self, n: int, seed: int):
         bits = max(2, (n - 1).bit_length())
         self.half = (bits + 1) // 2
         self.mask = (1 << self.half) - 1
+        self.width = (self.half + 7) // 8  # bytes of a half-block
+        self.blocks = -(-self.half // self._BLOCK_BITS)
         self.n = n
-        generator = random.Random(seed)
-        self.keys = [generator.getrandbits(64) for _ in range(self.ROUNDS)]
+        # The seed (any int) as a 64-byte key: its decimal text, hashed, is canonical for every size.
+        self.key = hashlib.blake2b(b"flotilla-shuffle-seed:%d" % seed, digest_size=64).digest()
+
+    def _round(self, number: int, right: int) -> int:
+        data = right.to_bytes(self.width, "big")
+        out = 0
+        for block in range(self.blocks):
+            digest = hashlib.blake2b(
+                data, key=self.key, digest_size=64, salt=b"%d.%d" % (number, block)
+            ).digest()
+            out = (out << self._BLOCK_BITS) | int.from_bytes(digest, "big")
+        return out & self.mask
 
     def __call__(self, index: int) -> int:
         value = index
         while True:
             left, right = value >> self.half, value & self.mask
-            for key in self.keys:
-                left, right = right, left ^ (hash((key, right)) & self.mask)
+            for number in range(self.ROUNDS):
+                left, right = right, left ^ self._round(number, right)
             value = (left << self.half) | right
             if value < self.n:
                 return value
@@ -214,8 +291,11 @@ def expand(
                 f"truncated to the shortest: {count} member(s) per replica, later values are unused."
             )
 
-        def combination(k: int) -> dict[str, Any]:
-            return {name: column[k] for name, column in zip(names, columns)}
+        def combination(k: int) -> Params:
+            return Params(
+                {name: column[k] for name, column in zip(names, columns)},
+                sources=[(name, column, k) for name, column in zip(names, columns)],
+            )
 
     else:
         # Mixed-radix place values, last parameter fastest (itertools.product order);
@@ -225,11 +305,12 @@ def expand(
             strides[i] = strides[i + 1] * lengths[i + 1]
         count = strides[0] * lengths[0] if lengths else 1
 
-        def combination(k: int) -> dict[str, Any]:
-            return {
-                name: column[(k // stride) % length]
+        def combination(k: int) -> Params:
+            sources = [
+                (name, column, (k // stride) % length)
                 for name, column, stride, length in zip(names, columns, strides, lengths)
-            }
+            ]
+            return Params({name: column[i] for name, column, i in sources}, sources=sources)
 
     used_seed = None
     if strategy == "random":
@@ -275,5 +356,5 @@ def format_arg(name: str, value: Any) -> list[str]:
         flag, joined = f"--{name}", True
     if value is None:
         return [flag]
-    text = str(value)
+    text = format_value(value)
     return [f"{flag}={text}"] if joined else [flag, text]

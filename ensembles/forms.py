@@ -12,6 +12,7 @@ import shlex
 from django import forms
 from django.core.exceptions import ValidationError
 
+from .expansion import format_value
 from .models import PARAM_NAME, Experiment, FileAction, Strategy, name_validator
 from .values import ValueSyntaxError, infer_type, parse_values
 
@@ -235,7 +236,10 @@ def parse_member_params(text: str) -> list[dict]:
             typed = value[1:-1]
         else:
             typed = infer_type(value)
-        params.append({"name": name, "value": typed})
+        row = {"name": name, "value": typed}
+        if format_value(typed) != value and not isinstance(typed, str):
+            row["text"] = value  # written as typed ("true", "1e-3"), not as str(value)
+        params.append(row)
     return params
 
 
@@ -275,7 +279,7 @@ class MemberForm(SettingsForm):
 
         return {
             "name": member.name,
-            "params": "\n".join(f"{row['name']}={literal(row['value'])}" for row in member.params),
+            "params": "\n".join(f"{row['name']}={row.get('text') or literal(row['value'])}" for row in member.params),
             "params_as_args": ", ".join(member.params_as_args),
             "key_prefixing": member.key_prefixing,
             **cls.settings_initial(member.run_settings, member.batch_settings),

@@ -25,6 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .expansion import texts_of
+
 __all__ = [
     "RECORD_FILE_NAME",
     "configurable_paths",
@@ -61,10 +63,15 @@ class Rendered:
     segments: list[tuple[str, str, str]] = field(default_factory=list)
 
 
-def render_tags(text: str, params: Mapping[str, Any], tag: str = ";") -> Rendered:
-    """Replace ``<tag>NAME<tag>`` by ``str(params[NAME])`` wherever NAME is a parameter."""
+def render_tags(
+    text: str, params: Mapping[str, Any], tag: str = ";", texts: Mapping[str, str] | None = None
+) -> Rendered:
+    """Replace ``<tag>NAME<tag>`` by NAME's value as typed wherever NAME is a parameter:
+    ``texts[NAME]``, else the ``text`` of a Params (ensembles.expansion), else ``str`` of
+    the value. ``used`` records the typed values."""
     if not tag:
         raise ValueError("the tag must not be empty")
+    written = texts_of(params, texts)
     escaped = re.escape(tag)
     # A candidate name runs from one tag to the next tag on the same line.
     pattern = re.compile(escaped + r"((?:(?!" + escaped + r")[^\r\n])+?)" + escaped)
@@ -85,7 +92,7 @@ def render_tags(text: str, params: Mapping[str, Any], tag: str = ";") -> Rendere
         name = match.group(1)
         if name in params:
             flush(match.start())
-            value = str(params[name])
+            value = written[name]
             out.append(value)
             result.segments.append((value, "sub", name))
             result.used[name] = params[name]
@@ -236,8 +243,18 @@ class Generator:
         self.top_names = {p.name for p in self.copy if not p.is_dir()} | {p.name for p in self.symlink}
         self.top_names |= {r for r, _ in self.templates if "/" not in r}
 
-    def generate(self, directory: str | os.PathLike, name: str, params: Mapping[str, Any], *, trash: list[Path]) -> dict:
+    def generate(
+        self,
+        directory: str | os.PathLike,
+        name: str,
+        params: Mapping[str, Any],
+        *,
+        trash: list[Path],
+        texts: Mapping[str, str] | None = None,
+    ) -> dict:
         """Create ``directory`` for one member; an existing one is moved aside into ``trash``.
+        Configured files get the values as typed (``texts``, see ``render_tags``); the
+        record keeps the typed values.
 
         A member without attached files costs a mkdir and one file: no Path is built
         for it, as pathlib's parsing costs more than those syscalls."""
@@ -251,12 +268,14 @@ class Generator:
         except FileExistsError:  # a file, a link or an earlier generation
             trash.append(_move_aside(Path(directory)))
             os.mkdir(directory)
-        configured = self._write_files(Path(directory), params) if self.copy or self.symlink or self.templates else {}
+        configured = self._write_files(Path(directory), params, texts) if self.copy or self.symlink or self.templates else {}
         record = {"name": name, "params": dict(params), "configured": configured}
         _write_new(os.path.join(directory, RECORD_FILE_NAME), json.dumps(record, default=str).encode())  # dumps: the C encoder
         return record
 
-    def _write_files(self, directory: Path, params: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    def _write_files(
+        self, directory: Path, params: Mapping[str, Any], texts: Mapping[str, str] | None = None
+    ) -> dict[str, dict[str, Any]]:
         """Copy, link and configure the attached files; returns the tags used in each configured file."""
         for source in self.copy:
             if source.is_dir():
@@ -267,7 +286,7 @@ class Generator:
             os.symlink(source, directory / source.name)
         configured = {}
         for relative, text in self.templates:
-            rendered = render_tags(text, params, self.tag)
+            rendered = render_tags(text, params, self.tag, texts)
             target = directory / relative
             if target.parent != directory:
                 target.parent.mkdir(parents=True, exist_ok=True)
@@ -283,8 +302,12 @@ _generators: dict[str, Generator] = {}
 _generators_lock = threading.Lock()
 
 
-def prepare_member(*, directory: str, name: str, params: dict, files: dict, roots: list[str]) -> None:
+def prepare_member(
+    *, directory: str, name: str, params: dict, files: dict, roots: list[str], texts: dict | None = None
+) -> None:
     """A launcher's ``prepare`` hook: generate one member's directory just before it starts.
+    ``params`` are the typed values; ``texts`` the typed text of those that differ from
+    ``str(value)`` (MemberRun.params_text), which configured files get.
 
     Generators are cached per file set, so the sources are checked and configured
     files read once per runner, not once per member."""
@@ -294,5 +317,5 @@ def prepare_member(*, directory: str, name: str, params: dict, files: dict, root
         if generator is None:
             generator = _generators[key] = Generator(roots=[Path(r) for r in roots], **files)
     trash: list[Path] = []
-    generator.generate(directory, name, params, trash=trash)
+    generator.generate(directory, name, params, trash=trash, texts=texts)
     discard_later(trash)

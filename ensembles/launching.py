@@ -53,7 +53,7 @@ def launcher_for(run: Run) -> Launcher:
 
 
 # What job_spec reads of a member (with files_key and status): load members with .only(*JOB_FIELDS).
-JOB_FIELDS = ("run", "ensemble", "kind", "entity", "name", "params", "param_names", "argv", "env", "cwd", "status")
+JOB_FIELDS = ("run", "ensemble", "kind", "entity", "name", "params", "param_names", "params_text", "argv", "env", "cwd", "status")
 
 
 def job_spec(member: MemberRun, *, files: dict | None = None, roots: list[str] = (), results_file: str = "") -> JobSpec:
@@ -68,6 +68,7 @@ def job_spec(member: MemberRun, *, files: dict | None = None, roots: list[str] =
                 "directory": member.cwd,
                 "name": member.name,
                 "params": member.ordered_params,
+                "texts": member.params_text or {},  # the values as typed, for configured files
                 "files": files,
                 "roots": list(roots),
             },

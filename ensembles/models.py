@@ -20,7 +20,7 @@ from django.core.validators import MinValueValidator, RegexValidator
 from django.db import models
 
 from . import specs
-from .expansion import STRATEGIES, ExpansionError, ParameterSpace, expand
+from .expansion import STRATEGIES, ExpansionError, ParameterSpace, Params, expand, texts_of
 from .values import ValueSyntaxError, parse_values
 
 # Names become directory names: no separators, no leading dot.
@@ -197,7 +197,8 @@ class Member(models.Model):
     experiment = models.ForeignKey(Experiment, on_delete=models.CASCADE, related_name="members")
     ensemble = models.ForeignKey(Ensemble, null=True, blank=True, on_delete=models.CASCADE, related_name="members")
     name = models.CharField(max_length=100, validators=[name_validator])
-    # [{"name": "x", "value": 1}, ...]: one value per parameter, in order.
+    # [{"name": "x", "value": 1}, ...]: one typed value per parameter, in order, with
+    # "text": the value as typed when that is not str(value) (e.g. "true", "1e-3").
     params = models.JSONField(default=list, blank=True)
     params_as_args = models.JSONField(default=list, blank=True)
     run_settings = models.JSONField(default=dict, validators=[validate_run_settings])
@@ -214,14 +215,19 @@ class Member(models.Model):
     def __str__(self):
         return self.name
 
-    def param_dict(self) -> dict:
-        return {row["name"]: row["value"] for row in self.params}
+    def param_dict(self) -> Params:
+        """The typed values, with ``text``: each as typed (what command lines and files get)."""
+        return Params(
+            {row["name"]: row["value"] for row in self.params},
+            {row["name"]: row["text"] for row in self.params if "text" in row},
+        )
 
     def clean(self):
         errors = {}
         if not isinstance(self.params, list) or not all(
             isinstance(row, dict)
-            and set(row) == {"name", "value"}
+            and set(row) in ({"name", "value"}, {"name", "value", "text"})
+            and isinstance(row.get("text", ""), str)
             and isinstance(row["name"], str)
             and PARAM_NAME.fullmatch(row["name"])
             and isinstance(row["value"], (str, int, float, bool))
@@ -367,8 +373,11 @@ class MemberRun(models.Model):
     entity = models.CharField(max_length=100)  # the ensemble's name, or the standalone model's own name
     name = models.CharField(max_length=200)
     position = models.PositiveIntegerField()  # order within the run
-    params = models.JSONField(default=dict)
+    params = models.JSONField(default=dict)  # typed values: sorting, filtering, plots
     param_names = models.JSONField(default=list)  # the parameters' order (PostgreSQL's jsonb sorts object keys)
+    # The values as typed ("true", "1e-3") where that is not str(value) (expansion.text_overrides):
+    # what configured files get. The argv was built from the same texts at launch.
+    params_text = models.JSONField(default=dict, blank=True)
     argv = models.JSONField(default=list)
     env = models.JSONField(default=dict)
     cwd = models.CharField(max_length=4096)
@@ -398,6 +407,11 @@ class MemberRun(models.Model):
     @property
     def ordered_params(self) -> dict:
         return params_in_order(self.params, self.param_names)
+
+    @property
+    def written_params(self) -> dict[str, str]:
+        """The parameters as its command line and files got them (``true``, ``1e-3``), in order."""
+        return texts_of(self.ordered_params, self.params_text)
 
     @property
     def files_key(self) -> str:

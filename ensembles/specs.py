@@ -11,7 +11,7 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from .expansion import format_arg
+from .expansion import format_arg, texts_of
 
 __all__ = [
     "SpecError",
@@ -135,8 +135,12 @@ def member_argv(
     run_settings: Mapping[str, Any],
     params: Mapping[str, Any],
     params_as_args: Sequence[str] = (),
+    texts: Mapping[str, str] | None = None,
 ) -> list[str]:
-    """The member's command: [run_command, *run_args] + [exe, *exe_args, *params_as_args]."""
+    """The member's command: [run_command, *run_args] + [exe, *exe_args, *params_as_args].
+
+    Parameters are written as typed (``true``, ``1e-3``): ``texts``, else the ``text``
+    of a Params (ensembles.expansion), else the value's ``str``."""
     argv: list[str] = []
     if run_settings.get("run_command"):
         argv.append(run_settings["run_command"])
@@ -144,8 +148,9 @@ def member_argv(
             argv.extend(format_arg(name, value))
     argv.append(run_settings["exe"])
     argv.extend(run_settings.get("exe_args") or [])
+    written = texts_of(params, texts) if params_as_args else {}
     for name in params_as_args:
-        argv.extend(format_arg(name, params[name]))
+        argv.extend(format_arg(name, written[name]))
     return argv
 
 

@@ -7,7 +7,11 @@ quoted strings, and lazy ranges::
     range(0, 10)            range(0, 1, 0.25)
     linspace(0, 1, 5)       logspace(-3, 0, 4)
 
-Items may be mixed (``0, range(5, 8), 100``). Ranges stay lazy, so
+Items may be mixed (``0, range(5, 8), 100``). Values are typed (int, float,
+bool, str) for sorting, filtering and plots, and keep the text they were typed
+as (``true``, ``1e-3``, ``0.10``) for command lines and configured files:
+``text_at(i)`` of a parsed list, or, for generated values (ranges), ``str`` of the
+value, a float's shortest round-trip form. Ranges stay lazy, so
 ``range(0, 10**9)`` costs nothing until a member is looked up: a range's length
 and its i-th value are computed by exact arithmetic on the numbers as typed,
 never by a loop, so parsing costs the same for any magnitudes. A float range or
@@ -26,7 +30,7 @@ from decimal import Decimal
 from fractions import Fraction
 from typing import Any
 
-from .expansion import format_count
+from .expansion import format_count, value_text
 
 __all__ = ["ValueSyntaxError", "infer_type", "is_numeric", "parse_values"]
 
@@ -98,6 +102,17 @@ class Linspace(ArithmeticRange):
         return 10.0**x if self.log else x
 
 
+class Items(list):
+    """Values listed one by one: the typed values, and ``texts``, each as typed."""
+
+    def __init__(self, values=(), texts=()):
+        super().__init__(values)
+        self.texts = list(texts)
+
+    def text_at(self, index: int) -> str:
+        return self.texts[index]
+
+
 class Chain(Sequence):
     """Several sequences one after another, still lazy."""
 
@@ -112,16 +127,24 @@ class Chain(Sequence):
     def __len__(self):
         return self._ends[-1] if self._ends else 0
 
-    def __getitem__(self, index):
-        if isinstance(index, slice):
-            return [self[i] for i in range(len(self))[index]]
+    def _locate(self, index: int) -> tuple[Sequence, int]:
         if index < 0:
             index += len(self)
         if not 0 <= index < len(self):
             raise IndexError("value index out of range")
         part = bisect.bisect_right(self._ends, index)
         start = self._ends[part - 1] if part else 0
-        return self.parts[part][index - start]
+        return self.parts[part], index - start
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return [self[i] for i in range(len(self))[index]]
+        part, offset = self._locate(index)
+        return part[offset]
+
+    def text_at(self, index: int) -> str:
+        part, offset = self._locate(index)
+        return value_text(part, offset)
 
 
 _CALL = re.compile(r"(range|linspace|logspace)\s*\(")
@@ -272,6 +295,7 @@ def parse_values(text: str) -> Sequence:
         raise ValueSyntaxError("enter at least one value")
     parts: list[Sequence] = []
     loose: list[Any] = []
+    loose_texts: list[str] = []
     position, length, item = 0, len(text), 0
     while True:
         item += 1
@@ -283,13 +307,14 @@ def parse_values(text: str) -> Sequence:
         if text[position] in "\"'":
             value, position = _quoted(text, position)
             loose.append(value)
+            loose_texts.append(value)
         elif call:
             close = text.find(")", call.end())
             if close == -1 or "(" in text[call.end() : close]:
                 raise ValueSyntaxError(f"item {item}: {call.group(1)}( is not closed with )")
             if loose:
-                parts.append(loose)
-                loose = []
+                parts.append(Items(loose, loose_texts))
+                loose, loose_texts = [], []
             parts.append(_call(call.group(1), text[call.end() : close]))
             position = close + 1
         else:
@@ -302,6 +327,7 @@ def parse_values(text: str) -> Sequence:
                     "use range(a, b[, step]), linspace(a, b, n) or logspace(a, b, n), or quote the text"
                 )
             loose.append(infer_type(bare))
+            loose_texts.append(bare)
             position = end
         while position < length and text[position].isspace():
             position += 1
@@ -311,7 +337,7 @@ def parse_values(text: str) -> Sequence:
             raise ValueSyntaxError(f"item {item}: expected a comma before {text[position:position + 20]!r}")
         position += 1
     if loose:
-        parts.append(loose)
+        parts.append(Items(loose, loose_texts))
     if len(parts) == 1:
         return parts[0]
     return Chain(parts)

@@ -267,11 +267,11 @@ class AccountLauncher(Launcher):
 
 
 def install_agent(folder: str | os.PathLike) -> Path:
-    """Copy the member-side code (this package and the generation hook) into
+    """Copy the member-side code (this package, the generation hook and what it uses) into
     ``folder``/<content hash>/, readable by every account, and return that
     folder (for FLOTILLA_AGENT_DIR when the installation itself is not readable)."""
     project = Path(__file__).resolve().parent.parent
-    sources = sorted(Path(__file__).parent.glob("*.py")) + [project / "ensembles" / "generation.py"]
+    sources = sorted(Path(__file__).parent.glob("*.py")) + [project / "ensembles" / name for name in ("generation.py", "expansion.py")]
     digest = hashlib.sha256(b"".join(path.read_bytes() for path in sources)).hexdigest()[:16]
     target = Path(folder) / digest
     if not (target / AGENT).exists():

@@ -254,6 +254,20 @@ def test_preview_renders_a_configured_file_for_the_chosen_member(alice_client, e
     assert "x = 1; y = 2;" in html
 
 
+
+def test_preview_writes_values_as_typed_in_command_lines_and_files(alice_client, ensemble, tmp_path, settings):
+    settings.FILE_ROOTS = [tmp_path]
+    (tmp_path / "input.nml").write_text("flag = ;flag;\nlr = ;lr;\n")
+    services.file_attach_path(owner=ensemble, path=str(tmp_path / "input.nml"), action="configure")
+    response = alice_client.post(
+        reverse("ensembles:ensemble_preview", args=[ensemble.pk]),
+        form_data([("flag", "true, TRUE", True), ("lr", "1e-3, 0.10", True)], preview_member="1", preview_file="0"),
+    )
+    html = response.content.decode()
+    assert "sim.py --steps 10 --flag=true --lr=1e-3" in html
+    assert "sim.py --steps 10 --flag=TRUE --lr=0.10" in html
+    assert '<mark title="flag">true</mark>' in html and '<mark title="lr">0.10</mark>' in html
+
 # --- member counts beyond float range; float ranges beyond float resolution ----
 
 ASTRONOMICAL_ROWS = [(f"p{i}", "range(0, 1000000000000)") for i in range(200)]  # 10**2400 members

@@ -5,7 +5,16 @@ import time
 
 import pytest
 
-from ensembles.expansion import ExpansionError, ParameterSpace, exact_count, expand, format_arg, format_count
+from ensembles.expansion import (
+    ExpansionError,
+    ParameterSpace,
+    exact_count,
+    expand,
+    format_arg,
+    format_count,
+    text_overrides,
+    texts_of,
+)
 from ensembles.specs import member_argv
 
 HUGE = {f"p{i}": range(0, 1000) for i in range(5)}  # 10**15 combinations
@@ -385,3 +394,77 @@ def test_format_count_is_exact_when_short_and_a_power_of_ten_when_huge(n, text):
 def test_exact_count_gives_every_digit_up_to_4000_of_them():
     assert exact_count(10**2400) == "1" + "0" * 2400
     assert exact_count(10**12000) == "10^12000"
+
+
+# --- seeded sampling is frozen across Python versions -------------------------------
+# The shuffle is BLAKE2b keyed by the seed (hashlib), not Python's hash() of tuples, whose
+# algorithm changed in Python 3.8. The members below were picked once when hash() was
+# replaced (earlier saved seeds picked other members, once); they must never change again:
+# a saved seed has to pick the same members on every Python version and platform.
+
+
+def test_random_sample_of_a_seed_is_frozen():
+    space = expand(RANDOM_PARAMS, "random", n_models=8, seed=42)
+    assert [tuple(m.values()) for m in space] == [
+        (7, 8, "r"), (3, 7, "v"), (7, 8, "w"), (0, 9, "y"), (8, 1, "w"), (4, 4, "y"), (0, 0, "u"), (9, 1, "x"),
+    ]
+
+
+def test_random_sample_of_a_huge_space_and_a_big_seed_is_frozen():
+    space = expand(HUGE, "random", n_models=3, seed=2**40 + 7)
+    indexes = [129523787832283, 72723547817103, 938999733909028]  # member positions in all_perm order
+    assert [tuple(m.values()) for m in space] == [
+        tuple((index // 1000**p) % 1000 for p in range(4, -1, -1)) for index in indexes
+    ]
+
+
+def test_random_sample_of_an_astronomical_space_is_frozen():
+    # 10**2400 combinations: the Feistel halves are wider than one BLAKE2b digest.
+    space = expand(ASTRONOMICAL, "random", n_models=3, seed=5)
+    assert [[space[j][f"p{i}"] for i in (0, 1, 199)] for j in range(3)] == [
+        [120847523145, 981287919843, 672093191139],
+        [671219120580, 134145043426, 739903240769],
+        [620180483316, 848920079324, 828842182170],
+    ]
+
+
+def test_random_sampling_never_uses_the_builtin_hash(monkeypatch):
+    from ensembles import expansion
+
+    def refuse(value):
+        raise AssertionError("hash() differs between Python versions")
+
+    monkeypatch.setattr(expansion, "hash", refuse, raising=False)  # found before the builtin
+    assert len({tuple(m.values()) for m in expand(HUGE, "random", n_models=50, seed=9)}) == 50
+
+
+# --- values keep the text they were typed as ----------------------------------------
+
+
+def test_members_carry_the_typed_text_beside_the_typed_values():
+    from ensembles.values import parse_values
+
+    space = expand(
+        {"flag": parse_values("true, TRUE"), "lr": parse_values("1e-3, 0.10"), "x": parse_values("range(0, 1, 0.1)")}
+    )
+    member = space[0 * 20 + 1 * 10 + 3]  # flag=true, lr=0.10, x=0.3
+    assert member == {"flag": True, "lr": 0.1, "x": 0.3}
+    assert [type(v) for v in member.values()] == [bool, float, float]
+    assert member.text == {"flag": "true", "lr": "0.10", "x": "0.3"}
+    assert space[-1].text == {"flag": "TRUE", "lr": "0.10", "x": "0.9"}
+    assert text_overrides(member) == {"flag": "true", "lr": "0.10"}  # what differs from str(value)
+
+
+@pytest.mark.parametrize("strategy, options", [("step", {}), ("random", {"n_models": 2, "seed": 1})])
+def test_every_strategy_carries_the_typed_text(strategy, options):
+    from ensembles.values import parse_values
+
+    space = expand({"a": parse_values("1e-3, 2e-3, 3e-3"), "b": parse_values("True, false, yes")}, strategy, **options)
+    for member in space:
+        assert member.text == {"a": f"{member['a'] * 1000:.0f}e-3", "b": {True: "True", False: "false", "yes": "yes"}[member["b"]]}
+
+
+def test_values_given_in_python_are_written_with_str():
+    member = expand({"a": [True, 0.1, 3, "s"]})[0]
+    assert member.text == {"a": "True"}
+    assert texts_of(member) == {"a": "True"} and text_overrides(member) == {}

@@ -241,3 +241,32 @@ def test_an_attached_file_may_not_take_the_name_of_the_members_output(tmp_path):
         generator.generate(tmp_path / "members" / "sweep_0", "sweep_0", {}, trash=[])
     generator.generate(tmp_path / "members" / "sweep_1", "sweep_1", {}, trash=[])  # another member's name is fine
     assert (tmp_path / "members" / "sweep_1" / "sweep_0.out").read_text() == "an attachment\n"
+
+
+def test_render_writes_values_as_typed():
+    from ensembles.expansion import expand
+    from ensembles.values import parse_values
+
+    member = expand({"B": parse_values("true"), "lr": parse_values("1e-3"), "x": parse_values("range(0, 1, 0.1)")})[3]
+    rendered = render_tags("b = ;B;\nlr = ;lr;\nx = ;x;\n", member)
+    assert rendered.text == "b = true\nlr = 1e-3\nx = 0.3\n"
+    assert rendered.used == {"B": True, "lr": 0.001, "x": 0.3}  # the record keeps typed values
+    assert render_tags(";B; ;n;", {"B": True, "n": 1.0}, texts={"B": "TRUE"}).text == "TRUE 1.0"
+
+
+def test_generated_member_files_get_typed_text_and_the_record_typed_values(tmp_path):
+    import json
+
+    from ensembles.generation import RECORD_FILE_NAME, prepare_member
+
+    source = tmp_path / "root" / "in.cfg"
+    source.parent.mkdir()
+    source.write_text("flag = ;flag;, lr = ;lr;, n = ;n;")
+    directory = tmp_path / "member"
+    prepare_member(
+        directory=str(directory), name="m_0", params={"flag": True, "lr": 0.001, "n": 2},
+        texts={"flag": "true", "lr": "1e-3"}, files={"configure": [str(source)]}, roots=[str(source.parent)],
+    )
+    assert (directory / "in.cfg").read_text() == "flag = true, lr = 1e-3, n = 2"
+    record = json.loads((directory / RECORD_FILE_NAME).read_text())
+    assert record["params"] == {"flag": True, "lr": 0.001, "n": 2}

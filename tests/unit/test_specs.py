@@ -205,3 +205,16 @@ def test_member_env_adds_smartsim_variables():
 def test_member_env_without_options_is_just_env_vars():
     assert member_env({"exe": "x", "env_vars": {"A": "1"}}, "ens_0", key_prefixing=False) == {"A": "1"}
     assert member_env({"exe": "x"}, "ens_0", key_prefixing=False) == {}
+
+
+def test_member_argv_writes_values_as_typed():
+    from ensembles.expansion import expand
+    from ensembles.values import parse_values
+
+    member = expand({"flag": parse_values("true"), "lr": parse_values("1e-3"), "x": parse_values("0.10")})[0]
+    run_settings = {"exe": "sim"}
+    assert member_argv(run_settings, member, ["flag", "lr", "x"]) == ["sim", "--flag=true", "--lr=1e-3", "-x", "0.10"]
+    # Typed values with their texts kept apart (as stored for a member run).
+    assert member_argv(run_settings, {"flag": True, "n": 3}, ["flag", "n"], texts={"flag": "TRUE"}) == [
+        "sim", "--flag=TRUE", "-n", "3",
+    ]

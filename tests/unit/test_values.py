@@ -284,3 +284,47 @@ def test_linspace_interior_values_are_the_nearest_floats():
 def test_too_many_values_are_counted_exactly_in_the_message(text, fragment):
     with pytest.raises(ValueSyntaxError, match=fragment):
         parse_values(text)
+
+
+# --- the text each value was typed as ---------------------------------------------
+
+
+def texts(values):
+    from ensembles.expansion import value_text
+
+    return [value_text(values, i) for i in range(len(values))]
+
+
+@pytest.mark.parametrize(
+    "text, values, written",
+    [
+        ("true, True, TRUE, false", [True, True, True, False], ["true", "True", "TRUE", "false"]),
+        ("1e-3, 0.10, 2., .5, 1E3", [0.001, 0.1, 2.0, 0.5, 1000.0], ["1e-3", "0.10", "2.", ".5", "1E3"]),
+        ("007, +4, -0, 1_000", [7, 4, 0, "1_000"], ["007", "+4", "-0", "1_000"]),
+        (' "true" , \'a,b\' , plain words ', ["true", "a,b", "plain words"], ["true", "a,b", "plain words"]),
+    ],
+)
+def test_listed_values_are_typed_and_keep_their_text(text, values, written):
+    parsed = parse_values(text)
+    assert typed(parsed) == typed(values)
+    assert texts(parsed) == written
+
+
+@pytest.mark.parametrize(
+    "text, written",
+    [
+        ("range(0, 1, 0.1)", ["0.0", "0.1", "0.2", "0.3", "0.4", "0.5", "0.6", "0.7", "0.8", "0.9"]),
+        ("range(0, 3)", ["0", "1", "2"]),
+        ("linspace(0.1, 0.3, 3)", ["0.1", "0.2", "0.3"]),
+        ("logspace(-3, 0, 4)", ["0.001", "0.01", "0.1", "1.0"]),
+    ],
+)
+def test_generated_values_are_written_in_their_shortest_round_trip_form(text, written):
+    assert texts(parse_values(text)) == written
+
+
+def test_mixed_lists_keep_each_items_text():
+    parsed = parse_values("TRUE, range(0, 0.3, 0.1), 1e-3")
+    assert typed(parsed) == typed([True, 0.0, 0.1, 0.2, 0.001])
+    assert texts(parsed) == ["TRUE", "0.0", "0.1", "0.2", "1e-3"]
+    assert parsed.text_at(-1) == "1e-3"
