@@ -18,7 +18,7 @@ test: $(VENV)/.installed
 	$(PY) -m webapp.supervisor test $(ARGS)
 
 bench: $(VENV)/.installed
-	for script in preview generate launch latency dashboard security; do $(PY) bench/$$script.py || exit 1; done
+	for script in preview generate launch latency dashboard security reconnect; do $(PY) bench/$$script.py || exit 1; done
 
 clean:
 	rm -rf $(VENV) var

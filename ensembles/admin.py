@@ -2,8 +2,10 @@ from django.conf import settings
 from django.contrib import admin
 from django.contrib.auth import get_user_model
 from django.contrib.auth.admin import UserAdmin
+from django.urls import reverse
+from django.utils.html import format_html
 
-from .models import AttachedFile, Ensemble, Experiment, Member, UnixAccount
+from .models import AttachedFile, Ensemble, Experiment, Member, MemberRun, Run, StatusEvent, UnixAccount
 
 User = get_user_model()
 
@@ -18,7 +20,8 @@ class EnsembleInline(admin.TabularInline):
 @admin.register(Experiment)
 class ExperimentAdmin(admin.ModelAdmin):
     list_display = ["name", "owner", "launcher", "created"]
-    list_filter = ["launcher"]
+    list_filter = ["owner", "launcher", "created"]
+    list_select_related = ["owner"]
     search_fields = ["name", "owner__username"]
     inlines = [EnsembleInline]
 
@@ -38,6 +41,7 @@ class AttachedFileInline(admin.TabularInline):
 class EnsembleAdmin(admin.ModelAdmin):
     list_display = ["name", "experiment", "perm_strategy", "replicas", "updated"]
     list_filter = ["perm_strategy"]
+    list_select_related = ["experiment"]
     search_fields = ["name", "experiment__name"]
     inlines = [AttachedFileInline]
 
@@ -45,7 +49,77 @@ class EnsembleAdmin(admin.ModelAdmin):
 @admin.register(Member)
 class MemberAdmin(admin.ModelAdmin):
     list_display = ["name", "experiment", "ensemble", "key_prefixing"]
+    list_select_related = ["experiment", "ensemble"]
     search_fields = ["name", "experiment__name"]
+
+
+# --- runs: read-only (the app and its tasks write them; an edit here would bypass both) ---
+
+
+class ReadOnlyAdmin(admin.ModelAdmin):
+    show_full_result_count = False  # members and events run into millions: no second COUNT(*)
+
+    def has_add_permission(self, request, obj=None):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+
+class RunFilter(admin.SimpleListFilter):
+    """By run, among the latest ones (a related-field filter would list every run, each
+    with a query for its experiment's name)."""
+
+    title = "run"
+    parameter_name = "run"
+    CHOICES = 50
+
+    def lookups(self, request, model_admin):
+        runs = Run.objects.select_related("experiment__owner").order_by("-created")[: self.CHOICES]
+        return [(str(run.pk), f"{run} ({run.experiment.owner})") for run in runs]
+
+    def queryset(self, request, queryset):
+        value = self.value()
+        return queryset.filter(run_id=value) if value and value.isdigit() else queryset
+
+
+@admin.register(Run)
+class RunAdmin(ReadOnlyAdmin):
+    list_display = ["__str__", "owner", "launcher", "submit_state", "concurrency", "run_as", "created", "finished", "members"]
+    list_filter = ["submit_state", "launcher", "created", "finished"]
+    list_select_related = ["experiment__owner"]
+    search_fields = ["experiment__name", "experiment__owner__username"]
+    date_hierarchy = "created"
+
+    @admin.display(ordering="experiment__owner__username")
+    def owner(self, run):
+        return run.experiment.owner
+
+    @admin.display(description="members")
+    def members(self, run):
+        url = reverse("admin:ensembles_memberrun_changelist") + f"?run={run.pk}"
+        return format_html('<a href="{}">members</a>', url)
+
+
+@admin.register(MemberRun)
+class MemberRunAdmin(ReadOnlyAdmin):
+    list_display = ["name", "run", "kind", "status", "attempt", "latest", "returncode", "job_id", "started", "ended"]
+    list_filter = ["status", RunFilter, "kind", "latest"]
+    list_select_related = ["run__experiment"]
+    search_fields = ["name", "entity", "run__experiment__name"]
+    raw_id_fields = ["run", "ensemble", "previous"]
+
+
+@admin.register(StatusEvent)
+class StatusEventAdmin(ReadOnlyAdmin):
+    list_display = ["at", "member", "status", "run"]
+    list_filter = ["status", RunFilter]
+    list_select_related = ["member", "run__experiment"]
+    search_fields = ["member__name"]
+    raw_id_fields = ["run", "member"]
 
 
 # --- who members run as -------------------------------------------------------------

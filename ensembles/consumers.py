@@ -41,7 +41,8 @@ def _visible_member(user, pk):
 
 
 class RunConsumer(AsyncWebsocketConsumer):
-    """Live updates of one run: counts and changed rows, pushed by the monitor."""
+    """Live updates of one run: counts and changed rows, pushed by the monitor, and on
+    each (re)connect what the page missed."""
 
     async def connect(self):
         user = self.scope["user"]
@@ -55,9 +56,19 @@ class RunConsumer(AsyncWebsocketConsumer):
         await realtime.watch(run.pk, self.channel_name)
         self.heartbeat = asyncio.create_task(realtime.keep_watching(run.pk, self.channel_name))
         await self.accept()
-        # After a reconnect (a server restart, a network blip) the page may be stale:
-        # send the truth now, and have the table reload itself.
-        await self.send(text_data=await database_sync_to_async(realtime.run_update_html)(run.pk, [], reload=True))
+
+    async def receive(self, text_data=None, bytes_data=None):
+        """The page says when its picture of the run was taken (``{"action": "catch_up",
+        "since": <mark>}``, on every (re)connect): it gets what changed since, in one message."""
+        try:
+            message = json.loads(text_data or "{}")
+        except ValueError:
+            return
+        if not isinstance(message, dict) or message.get("action") != "catch_up":
+            return
+        since = message.get("since")
+        since = float(since) if isinstance(since, (int, float)) and not isinstance(since, bool) else None
+        await self.send(text_data=await database_sync_to_async(realtime.run_catch_up_html)(self.run_id, since))
 
     async def disconnect(self, code):
         if hasattr(self, "group"):

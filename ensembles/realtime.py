@@ -13,6 +13,8 @@ import math
 import os
 import threading
 import time
+from datetime import datetime
+from datetime import timezone as dt_timezone
 
 import redis
 import redis.asyncio
@@ -107,16 +109,38 @@ def watched(run_id: int) -> bool:
     return count > 0
 
 
+def run_mark() -> str:
+    """When a page's picture of a run was taken (epoch seconds): a page that reconnects
+    sends back the mark of the last message it got, and gets only what changed since."""
+    return f"{time.time():.6f}"
+
+
 def run_update_html(run_id: int, member_ids: list[int], *, reload: bool = False) -> str:
     """One websocket message: counts and progress, plus the changed rows (or an order
-    to reload the table). Rows travel inside a <template>, where an HTML parser keeps
-    <tr> elements; static/js/app.js hands such messages to htmx's own swap."""
-    context = {"oob": True, **selectors.run_summary(run_id)}
+    to reload the table), and its mark. Rows travel inside a <template>, where an HTML
+    parser keeps <tr> elements; static/js/app.js hands such messages to htmx's own swap."""
+    context = {"oob": True, "mark": run_mark(), **selectors.run_summary(run_id)}  # the mark first: nothing is missed
     if not reload and len(member_ids) <= MAX_ROWS_PER_PUSH:
         context["rows"] = selectors.member_rows(run_id, member_ids)
     else:
         context["reload_url"] = reverse("ensembles:run_members", args=[run_id])
     return render_to_string("ensembles/partials/run_update.html", context)
+
+
+# A page's mark and the database's update times come from two clocks of this machine
+# (web server, monitor): rows changed this shortly before a mark are sent again.
+MARK_MARGIN = 1.0
+
+
+def run_catch_up_html(run_id: int, since: float | None) -> str:
+    """What a page whose last message was marked ``since`` lacks: the counts and the rows
+    that changed since (a small fragment, whatever the run's size), or, without a mark
+    or past MAX_ROWS_PER_PUSH changed rows, an order to reload its table."""
+    if since is None:
+        return run_update_html(run_id, [], reload=True)
+    after = datetime.fromtimestamp(since - MARK_MARGIN, tz=dt_timezone.utc)
+    changed = selectors.member_ids_changed_since(run_id, after, limit=MAX_ROWS_PER_PUSH + 1)
+    return run_update_html(run_id, changed, reload=len(changed) > MAX_ROWS_PER_PUSH)
 
 
 def run_changed(run_id: int, member_ids: list[int], *, reload: bool = False) -> None:

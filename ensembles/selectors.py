@@ -48,7 +48,9 @@ def experiments_visible_to(user) -> QuerySet[Experiment]:
 
 def experiment_list(user) -> QuerySet[Experiment]:
     return experiments_visible_to(user).annotate(
-        ensemble_count=Count("ensembles", distinct=True), model_count=Count("members", distinct=True)
+        ensemble_count=Count("ensembles", distinct=True),
+        # Models are the members of no ensemble; members added to an ensemble are counted with it.
+        model_count=Count("members", filter=Q(members__ensemble__isnull=True), distinct=True),
     )
 
 
@@ -72,7 +74,7 @@ def member_get(user, pk: int) -> Member:
 def attached_file_get(user, pk: int) -> AttachedFile:
     visible = experiments_visible_to(user)
     return get_object_or_404(
-        AttachedFile.objects.select_related("ensemble__experiment", "member__experiment").filter(
+        AttachedFile.objects.select_related("ensemble__experiment", "member__experiment", "member__ensemble").filter(
             Q(ensemble__experiment__in=visible) | Q(member__experiment__in=visible)
         ),
         pk=pk,
@@ -161,11 +163,11 @@ def is_inside(path: str | os.PathLike, roots: list[Path]) -> bool:
     return any(real == root or real.is_relative_to(root) for root in roots)
 
 
-def attached_files(ensemble: Ensemble) -> list[AttachedFile]:
-    """The ensemble's attached files, each with ``outside`` set when a link on its way
-    was changed since and it now leads outside the allowed folders."""
-    roots = file_roots(ensemble.experiment.owner_id)
-    files = list(ensemble.files.all())
+def attached_files(owner: Ensemble | Member) -> list[AttachedFile]:
+    """The files attached to an ensemble (or to one member or model), each with ``outside``
+    set when a link on its way was changed since and it now leads outside the allowed folders."""
+    roots = file_roots(owner.experiment.owner_id)
+    files = list(owner.files.all())
     for attached in files:
         attached.outside = not is_inside(attached.path, roots)
     return files
@@ -279,6 +281,12 @@ def run_summary(run_id: int) -> dict:
         "failed_or_cancelled": counts[MemberStatus.FAILED] + counts[MemberStatus.CANCELLED] + counts[MemberStatus.LOST],
         "active": run.finished is None,
     }
+
+
+def member_ids_changed_since(run_id: int, since, *, limit: int) -> list[int]:
+    """The run's current members updated at or after ``since`` (at most ``limit``), in order."""
+    changed = MemberRun.objects.filter(run_id=run_id, latest=True, updated__gte=since).order_by("position")
+    return list(changed.values_list("pk", flat=True)[:limit])
 
 
 def member_rows(run_id: int, member_ids: list[int]) -> list[MemberRun]:

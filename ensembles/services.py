@@ -29,7 +29,7 @@ from kombu.exceptions import OperationalError as BrokerUnreachable
 from launchers.base import JobSpec, JobStatus, LauncherError
 
 from . import launching, realtime, specs
-from .expansion import format_count
+from .expansion import format_count, text_overrides
 from .generation import RECORD_FILE_NAME, FileRefused, Generator, check_configurable, resolve_source
 from .launching import JOB_FIELDS, STATE_TO_STATUS, job_spec, launcher_for
 from .models import (
@@ -189,12 +189,14 @@ def file_attach_upload(*, owner: Ensemble | Member, uploaded_file, action: str, 
 
 
 def file_detach(*, attached: AttachedFile) -> None:
+    """Detach a file; an upload's own folder is removed once the detach commits, so that a
+    caller whose transaction rolls back (its answer failed) loses nothing."""
     if attached.uploaded:
         # Uploads live in UPLOAD_DIR/<user>/<uuid>/<name>: remove exactly that <uuid> folder.
         folder = Path(attached.path).resolve().parent
         uploads = Path(settings.UPLOAD_DIR).resolve()
         if folder.parent.parent == uploads:
-            shutil.rmtree(folder, ignore_errors=True)
+            transaction.on_commit(partial(shutil.rmtree, folder, ignore_errors=True))
     attached.delete()
 
 
@@ -248,7 +250,7 @@ def run_launch(*, user, experiment: Experiment, concurrency: int | None = None) 
         raise PermissionDenied
     launcher = _resolve_launcher(experiment)
     run_as = _run_as(user)
-    ensembles = list(experiment.ensembles.prefetch_related("members", "files"))
+    ensembles = list(experiment.ensembles.prefetch_related("members__files", "files"))
     models = list(experiment.members.filter(ensemble__isnull=True).prefetch_related("files"))
     if not ensembles and not models:
         raise ValidationError("Nothing to launch: add an ensemble or a model first.")
@@ -313,6 +315,7 @@ def _member_rows(root, ensembles, spaces, models):
             "position": position,
             "params": params,
             "param_names": list(params),
+            "params_text": text_overrides(params),  # the values as typed, for configured files
             "argv": specs.member_argv(settings_, params, params_as_args),
             "env": specs.member_env(settings_, name, key_prefixing=key_prefixing),
             "cwd": str(cwd),
@@ -481,6 +484,34 @@ def run_stop(*, run: Run) -> str:
     return "Stopping the run: queued members will not start, running ones are terminated."
 
 
+def run_rerun(*, run: Run) -> str:
+    """The Re-run button: refuses (ValidationError) what the run_rerun_failed task would
+    refuse, then enqueues it after commit. Returns what to tell the user."""
+    run.refresh_from_db(fields=["submit_state"])
+    if run.submit_state in (SubmitState.PENDING, SubmitState.SUBMITTING):
+        raise ValidationError("The run is still being submitted; try again in a moment.")
+    if not run.members.filter(latest=True, status__in=RERUNNABLE).exists():
+        raise ValidationError("Nothing to re-run: no member of this run failed, was cancelled or was lost.")
+    unreachable = []
+    _enqueue("run_rerun_failed", run.pk, on_unreachable=lambda: unreachable.append(True))
+    if unreachable:
+        return "The task queue is not reachable, so the failed members cannot be re-run yet; try again in a moment."
+    return "Re-running the failed, cancelled and lost members as new attempts."
+
+
+def member_stop(*, member: MemberRun) -> str:
+    """A member's Stop button: refuses (ValidationError) a member that has already ended,
+    then enqueues member_cancel after commit. Returns what to tell the user."""
+    member.refresh_from_db(fields=["status"])
+    if member.status in TERMINAL_STATUSES:
+        raise ValidationError(f"{member.name} has already ended ({member.status}): there is nothing to stop.")
+    unreachable = []
+    _enqueue("member_cancel", member.pk, on_unreachable=lambda: unreachable.append(True))
+    if unreachable:
+        return f"The task queue is not reachable, so {member.name} cannot be stopped yet; try again in a moment."
+    return f"Stopping {member.name}."
+
+
 def _cancel_unsubmitted(run_id: int) -> bool:
     """If the run is pending, take it from the submission (a conditional UPDATE: of this
     and run_submit's claim, one wins) and cancel its new members; the run is finished
@@ -537,6 +568,7 @@ def run_rerun_failed(*, run_id: int) -> int:
                 MemberRun(
                     run=run, ensemble_id=member.ensemble_id, kind=member.kind, entity=member.entity, name=member.name,
                     position=member.position, params=member.params, param_names=member.param_names,
+                    params_text=member.params_text,
                     argv=member.argv, env=member.env,
                     cwd=member.cwd, attempt=member.attempt + 1, previous=member,
                 )

@@ -13,17 +13,17 @@ from django.contrib import messages
 from django.contrib.auth.decorators import login_not_required
 from django.contrib.auth.forms import AuthenticationForm
 from django.core.exceptions import ValidationError
-from django.db import connection
+from django.db import connection, transaction
 from django.http import FileResponse, Http404, HttpResponse, JsonResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.utils.html import format_html
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
-from . import plots, selectors, services, tasks
+from . import plots, realtime, selectors, services
 from .expansion import ExpansionError, expand
 from .forms import AttachFileForm, EnsembleForm, ExperimentForm, LaunchForm, MemberForm, ParamFormSet
-from .models import Ensemble, MemberStatus, Strategy
+from .models import Ensemble, Member, MemberStatus, Strategy
 from .values import is_numeric
 
 
@@ -318,23 +318,40 @@ def file_attach(request, pk):
     return _files_changed(request, ensemble)
 
 
-def _attached_files(request, ensemble, attach_form, status=200):
-    context = {"ensemble": ensemble, "attached_files": selectors.attached_files(ensemble), "attach_form": attach_form}
+def _attached_files(request, owner, attach_form=None, status=200):
+    """The attached-files fragment of an ensemble (with its attach form) or of a member or
+    model (whose files are only listed, and detached, on its page)."""
+    context = {"attached_files": selectors.attached_files(owner), "files_owner": owner}
+    if isinstance(owner, Ensemble):
+        context.update(ensemble=owner, attach_form=attach_form or AttachFileForm())
     return render(request, "ensembles/partials/attached_files.html", context, status=status)
 
 
-def _files_changed(request, ensemble):
-    response = _attached_files(request, ensemble, AttachFileForm())
+def _files_changed(request, owner):
+    response = _attached_files(request, owner)
     response["HX-Trigger"] = "files-changed"  # the builder refreshes its preview
     return response
 
 
+def _owner_url(owner) -> str:
+    if isinstance(owner, Member):
+        return reverse("ensembles:member_edit", args=[owner.pk])
+    return reverse("ensembles:ensemble_edit", args=[owner.pk])
+
+
 @require_POST
 def file_detach(request, pk):
+    """Detach a file of an ensemble, a hand-added member or a model. The answer (the owner's
+    fragment for htmx, else a redirect to the owner's page) is made inside the detach's
+    transaction: if it fails, nothing is detached (an upload is removed only on commit)."""
     attached = selectors.attached_file_get(request.user, pk)
-    ensemble = attached.ensemble
-    services.file_detach(attached=attached)
-    return _files_changed(request, ensemble)
+    owner = attached.ensemble or attached.member
+    with transaction.atomic():
+        services.file_detach(attached=attached)
+        if request.htmx:
+            return _files_changed(request, owner)
+        messages.success(request, f"'{attached.name}' detached.")
+        return redirect(_owner_url(owner))
 
 
 # --- hand-made members and standalone models ---------------------------------
@@ -369,7 +386,13 @@ def member_edit(request, pk=None, experiment_pk=None, ensemble_pk=None):
     return render(
         request,
         "ensembles/member_form.html",
-        {"form": form, "member": member, "ensemble": ensemble, "experiment": experiment},
+        {
+            "form": form,
+            "member": member,
+            "ensemble": ensemble,
+            "experiment": experiment,
+            "attached_files": selectors.attached_files(member) if member else [],
+        },
     )
 
 
@@ -422,6 +445,7 @@ def _members_page(request, run):
 def run_detail(request, pk):
     run = selectors.run_get(request.user, pk)
     context = {
+        "mark": realtime.run_mark(),  # before reading: what changes meanwhile comes on connect
         **selectors.run_summary(run.pk),
         "members": _members_page(request, run),
         "param_names": selectors.run_param_names(run),
@@ -442,6 +466,11 @@ def _queued(message: str) -> HttpResponse:
     return HttpResponse(format_html('<p class="message" role="status">{}</p>', message))
 
 
+def _refused(error: ValidationError) -> HttpResponse:
+    """The answer to an action button the service refused: why, and nothing was queued (422 is swapped in)."""
+    return HttpResponse(format_html('<p class="form-error" role="alert">{}</p>', " ".join(error.messages)), status=422)
+
+
 @require_POST
 def run_cancel(request, pk):
     run = selectors.run_get(request.user, pk)
@@ -451,15 +480,19 @@ def run_cancel(request, pk):
 @require_POST
 def run_rerun(request, pk):
     run = selectors.run_get(request.user, pk)
-    tasks.run_rerun_failed.delay_on_commit(run.pk)
-    return _queued("Re-running the failed, cancelled and lost members as new attempts.")
+    try:
+        return _queued(services.run_rerun(run=run))
+    except ValidationError as error:
+        return _refused(error)
 
 
 @require_POST
 def member_run_cancel(request, pk):
     member = selectors.member_run_get(request.user, pk)
-    tasks.member_cancel.delay_on_commit(member.pk)
-    return _queued(f"Stopping {member.name}.")
+    try:
+        return _queued(services.member_stop(member=member))
+    except ValidationError as error:
+        return _refused(error)
 
 
 @require_GET

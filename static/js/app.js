@@ -73,9 +73,20 @@
     htmx.swap(document.body, message, { swapStyle: "none" });
     document.body.dispatchEvent(new CustomEvent("run-changed"));
   });
-  // Plots listen for this (throttled) instead of being pushed on every change.
-  document.addEventListener("htmx:wsAfterMessage", function () {
-    document.body.dispatchEvent(new CustomEvent("run-changed"));
+  // Plots listen for this (throttled) instead of being pushed on every change; a message
+  // without rows (counts only: a reconnect that missed nothing) changes no plot.
+  document.addEventListener("htmx:wsAfterMessage", function (event) {
+    var message = event.detail.message;
+    if (typeof message === "string" && message.indexOf('id="members-reload"') !== -1) {
+      document.body.dispatchEvent(new CustomEvent("run-changed"));
+    }
+  });
+  // A run page, on every (re)connect, says when its picture was taken: it gets only what changed since.
+  document.addEventListener("htmx:wsOpen", function (event) {
+    if (!event.target || event.target.id !== "run-live") return;
+    var mark = document.getElementById("run-mark");
+    var since = mark && mark.dataset.mark ? parseFloat(mark.dataset.mark) : null;
+    event.detail.socketWrapper.send(JSON.stringify({ action: "catch_up", since: since }));
   });
   // Log tails: start from where this page got to (every byte once, also after a
   // reconnect), and acknowledge each message: the server sends only as fast as we read.

@@ -6,6 +6,7 @@ from django.urls import reverse
 
 from ensembles import services
 from ensembles.models import AttachedFile, Experiment
+from launchers.base import JobState, JobStatus
 
 pytestmark = pytest.mark.django_db
 
@@ -118,3 +119,66 @@ def test_health_check_needs_no_login_and_reports_only_the_overall_status(client)
     response = client.get(reverse("healthz"))
     assert response.status_code == 200
     assert response.json() == {"status": "ok"}  # staff see the database and Redis: test_hardening.py
+
+
+@pytest.fixture
+def admin_viewer(charlie):
+    """charlie, allowed to view (only) Flotilla's models in the admin."""
+    from django.contrib.auth.models import Permission
+
+    charlie.user_permissions.set(Permission.objects.filter(content_type__app_label="ensembles", codename__startswith="view_"))
+    return charlie
+
+
+def _launched(user, name: str):
+    experiment = services.experiment_create(owner=user, name=name)
+    services.ensemble_save(
+        experiment=experiment,
+        spec={"name": "sweep", "params": [{"name": "alpha", "values": "1, 2, 3"}], "run_settings": {"exe": "/bin/true"}},
+    )
+    run = services.run_launch(user=user, experiment=experiment)
+    services.member_runs_apply({m.pk: JobStatus(JobState.FAILED, returncode=1, started=1.0, ended=2.0) for m in run.members.all()})
+    return run
+
+
+def test_staff_see_runs_members_and_events_in_the_admin_read_only(alice, admin_viewer, charlie_client):
+    from ensembles.models import MemberRun, StatusEvent
+
+    run = _launched(alice, "heat")
+    member = run.members.first()
+    event = StatusEvent.objects.first()
+    pages = {
+        "experiment": [("", {}), ("", {"owner__id__exact": alice.pk, "launcher__exact": "local"})],
+        "run": [("", {}), ("", {"submit_state__exact": "pending", "q": "heat"}), (f"{run.pk}/change/", {})],
+        "memberrun": [("", {}), ("", {"status__exact": "Failed", "run": run.pk, "q": "sweep_1"}), (f"{member.pk}/change/", {})],
+        "statusevent": [("", {}), ("", {"status__exact": "Failed", "run": run.pk}), (f"{event.pk}/change/", {})],
+    }
+    for model, urls in pages.items():
+        for suffix, query in urls:
+            response = charlie_client.get(f"/admin/ensembles/{model}/{suffix}", query)
+            assert response.status_code == 200, (model, suffix, query)
+            assert 'name="_save"' not in response.content.decode(), (model, suffix)  # view-only pages
+    listed = charlie_client.get("/admin/ensembles/memberrun/", {"run": run.pk, "q": "sweep_1"}).context["cl"].result_list
+    assert [m.name for m in listed] == ["sweep_1"]
+    for model, pk in (("run", run.pk), ("memberrun", member.pk), ("statusevent", event.pk)):
+        assert charlie_client.get(f"/admin/ensembles/{model}/add/").status_code == 403
+        assert charlie_client.post(f"/admin/ensembles/{model}/{pk}/delete/", {"post": "yes"}).status_code == 403
+        assert charlie_client.post(f"/admin/ensembles/{model}/{pk}/change/", {}).status_code == 403
+    assert MemberRun.objects.count() == 3 and StatusEvent.objects.count() == 6
+
+
+def test_admin_lists_make_as_many_queries_for_many_rows_as_for_few(alice, bob, admin_viewer, charlie_client):
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    def queries(path):
+        with CaptureQueriesContext(connection) as captured:
+            assert charlie_client.get(path).status_code == 200
+        return len(captured.captured_queries)
+
+    paths = ["/admin/ensembles/experiment/", "/admin/ensembles/run/", "/admin/ensembles/memberrun/", "/admin/ensembles/statusevent/"]
+    _launched(alice, "one")
+    few = [queries(path) for path in paths]
+    for user, name in ((alice, "two"), (bob, "three"), (bob, "four")):
+        _launched(user, name)
+    assert [queries(path) for path in paths] == few

@@ -55,3 +55,14 @@ def test_experiment_page_lists_its_ensembles_with_member_counts(alice_client, ex
     response = alice_client.get(reverse("ensembles:experiment_detail", args=[experiment.pk]))
     assert response.status_code == 200
     assert response.context["ensembles"][0].member_count == 6
+
+
+def test_experiment_list_counts_only_standalone_models_as_models(alice_client, experiment, ensemble):
+    from ensembles import services
+
+    for name, owner in (("extra", ensemble), ("more", ensemble), ("baseline", None)):
+        services.member_save(experiment=experiment, ensemble=owner, spec={"name": name, "run_settings": {"exe": "/bin/true"}})
+    response = alice_client.get(reverse("ensembles:experiment_list"))
+    listed = response.context["experiments"][0]
+    assert (listed.ensemble_count, listed.model_count) == (1, 1)
+    assert "<td>1</td>\n      <td>1</td>" in response.content.decode()

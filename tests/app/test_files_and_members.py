@@ -1,7 +1,10 @@
+from pathlib import Path
+
 import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
 from django.urls import reverse
 
+from ensembles import services, views
 from ensembles.models import AttachedFile, Member
 
 pytestmark = pytest.mark.django_db
@@ -52,7 +55,8 @@ def test_a_binary_file_cannot_be_configured_but_can_be_copied(alice_client, ense
     assert attach(alice_client, ensemble, action="copy", path=str(roots / "data.bin")).status_code == 200
 
 
-def test_uploading_a_file_and_detaching_it_removes_the_upload(alice_client, ensemble, roots, settings):
+def test_uploading_a_file_and_detaching_it_removes_the_upload(alice_client, ensemble, roots, settings,
+                                                              django_capture_on_commit_callbacks):
     upload = SimpleUploadedFile("input.cfg", b"steps = ;alpha;\n")
     response = alice_client.post(
         reverse("ensembles:file_attach", args=[ensemble.pk]), {"action": "configure", "upload": upload}
@@ -61,7 +65,8 @@ def test_uploading_a_file_and_detaching_it_removes_the_upload(alice_client, ense
     attached = AttachedFile.objects.get()
     assert attached.uploaded and attached.path.startswith(str(settings.UPLOAD_DIR))
     stored = attached.path
-    alice_client.post(reverse("ensembles:file_detach", args=[attached.pk]))
+    with django_capture_on_commit_callbacks(execute=True):  # the upload is removed once the detach commits
+        alice_client.post(reverse("ensembles:file_detach", args=[attached.pk]))
     assert not AttachedFile.objects.exists()
     import os
 
@@ -111,3 +116,61 @@ def test_standalone_models_belong_to_the_experiment(alice_client, experiment):
     assert model.ensemble is None
     page = alice_client.get(reverse("ensembles:experiment_detail", args=[experiment.pk])).content.decode()
     assert "baseline" in page
+
+
+HTMX = {"HTTP_HX_REQUEST": "true"}
+
+
+@pytest.fixture
+def added(experiment, ensemble):
+    return services.member_save(experiment=experiment, ensemble=ensemble, spec={"name": "extra", "run_settings": {"exe": "/bin/true"}})
+
+
+@pytest.fixture
+def model(experiment):
+    return services.member_save(experiment=experiment, spec={"name": "baseline", "run_settings": {"exe": "/bin/true"}})
+
+
+@pytest.mark.parametrize("owner_name", ["added", "model"])
+def test_detaching_a_file_of_a_member_or_model_shows_its_remaining_files(request, alice_client, roots, owner_name):
+    owner = request.getfixturevalue(owner_name)
+    for name in ("gone.txt", "kept.txt"):
+        (roots / name).write_text("x")
+    gone = services.file_attach_path(owner=owner, path=str(roots / "gone.txt"), action="copy")
+    services.file_attach_path(owner=owner, path=str(roots / "kept.txt"), action="copy")
+    page = alice_client.get(reverse("ensembles:member_edit", args=[owner.pk])).content.decode()
+    assert reverse("ensembles:file_detach", args=[gone.pk]) in page  # the member page lists its own files
+    response = alice_client.post(reverse("ensembles:file_detach", args=[gone.pk]), **HTMX)
+    assert response.status_code == 200
+    html = response.content.decode()
+    assert "kept.txt" in html and "gone.txt" not in html
+    assert "file_attach" not in html and 'class="attach-form"' not in html  # the ensemble's attach form is not offered
+    assert list(owner.files.values_list("path", flat=True)) == [str(roots / "kept.txt")]
+
+
+@pytest.mark.parametrize("owner_name", ["ensemble", "added", "model"])
+def test_detaching_without_htmx_goes_back_to_the_owners_page(request, alice_client, roots, owner_name):
+    owner = request.getfixturevalue(owner_name)
+    (roots / "in.txt").write_text("x")
+    attached = services.file_attach_path(owner=owner, path=str(roots / "in.txt"), action="copy")
+    response = alice_client.post(reverse("ensembles:file_detach", args=[attached.pk]))
+    page = "ensembles:ensemble_edit" if owner_name == "ensemble" else "ensembles:member_edit"
+    assert response.status_code == 302 and response["Location"] == reverse(page, args=[owner.pk])
+    assert not AttachedFile.objects.exists()
+
+
+@pytest.mark.parametrize("owner_name", ["ensemble", "added", "model"])
+def test_nothing_is_detached_or_removed_when_the_answer_fails(request, alice, alice_client, roots, owner_name, monkeypatch,
+                                                             django_capture_on_commit_callbacks):
+    owner = request.getfixturevalue(owner_name)
+    upload = SimpleUploadedFile("input.cfg", b"steps = ;alpha;\n")
+    attached = services.file_attach_upload(owner=owner, uploaded_file=upload, action="copy", user=alice)
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("the fragment could not be rendered")
+
+    monkeypatch.setattr(views, "_attached_files", broken)
+    with django_capture_on_commit_callbacks(execute=True), pytest.raises(RuntimeError):
+        alice_client.post(reverse("ensembles:file_detach", args=[attached.pk]), **HTMX)
+    assert AttachedFile.objects.filter(pk=attached.pk).exists()
+    assert Path(attached.path).exists()

@@ -203,7 +203,8 @@ def test_export_has_smartsim_columns_params_and_results(alice_client, run):
 
 def test_action_buttons_enqueue_tasks_after_commit(alice_client, run, django_capture_on_commit_callbacks):
     Run.objects.filter(pk=run.pk).update(submit_state="submitted")  # a pending run stops at once (test_runs_pending.py)
-    member = run.members.first()
+    run.members.filter(name="sweep_0").update(status=MemberStatus.FAILED)  # something to re-run
+    member = run.members.get(name="sweep_1")
     for url in [
         reverse("ensembles:run_cancel", args=[run.pk]),
         reverse("ensembles:run_rerun", args=[run.pk]),
@@ -282,3 +283,132 @@ def test_plot_axes_follow_the_data_until_the_user_picks_them(alice_client, run):
     chosen = alice_client.get(url, {"x": "energy", "y": "alpha", "axes": "chosen"})
     assert (chosen.context["x"], chosen.context["y"]) == ("energy", "alpha")
     assert 'name="axes" value="chosen"' in chosen.content.decode()
+
+
+def _launch_queries(user, name: str, added: int, roots: Path) -> int:
+    experiment = services.experiment_create(owner=user, name=name)
+    ensemble = services.ensemble_save(
+        experiment=experiment,
+        spec={"name": "sweep", "params": [{"name": "alpha", "values": "1, 2"}], "run_settings": {"exe": "/bin/echo"}},
+    )
+    services.file_attach_path(owner=ensemble, path=str(roots / "shared.txt"), action="copy")
+    for index in range(added):
+        member = services.member_save(experiment=experiment, ensemble=ensemble,
+                                      spec={"name": f"extra{index}", "run_settings": {"exe": "/bin/true"}})
+        services.file_attach_path(owner=member, path=str(roots / "own.txt"), action="copy")
+    with CaptureQueriesContext(connection) as queries:
+        run = services.run_launch(user=user, experiment=experiment)
+    assert run.members.filter(kind="added").count() == added
+    assert run.generation["extra0"]["copy"] == [str(roots / "shared.txt"), str(roots / "own.txt")]
+    return len(queries.captured_queries)
+
+
+def test_launch_queries_do_not_grow_with_the_members_added_by_hand(alice, settings, tmp_path):
+    settings.FILE_ROOTS = [tmp_path]
+    (tmp_path / "shared.txt").write_text("x")
+    (tmp_path / "own.txt").write_text("y")
+    assert _launch_queries(alice, "two", 2, tmp_path) == _launch_queries(alice, "twenty", 20, tmp_path)
+
+
+def test_rerun_is_refused_with_a_clear_message_before_anything_is_queued(alice_client, run, django_capture_on_commit_callbacks):
+    url = reverse("ensembles:run_rerun", args=[run.pk])
+    with django_capture_on_commit_callbacks() as callbacks:
+        response = alice_client.post(url)  # pending: the submission has not happened yet
+    assert response.status_code == 422 and "still being submitted" in response.content.decode()
+    Run.objects.filter(pk=run.pk).update(submit_state="submitted")
+    with django_capture_on_commit_callbacks() as more:
+        response = alice_client.post(url)  # nothing failed
+    assert response.status_code == 422 and "Nothing to re-run" in response.content.decode()
+    assert callbacks == more == []
+    assert run.members.count() == 6
+
+
+def test_stopping_a_member_that_has_ended_is_refused_with_a_clear_message(alice_client, run, django_capture_on_commit_callbacks):
+    Run.objects.filter(pk=run.pk).update(submit_state="submitted")
+    member = run.members.get(name="sweep_0")
+    MemberRun.objects.filter(pk=member.pk).update(status=MemberStatus.COMPLETED)
+    with django_capture_on_commit_callbacks() as callbacks:
+        response = alice_client.post(reverse("ensembles:member_run_cancel", args=[member.pk]))
+    assert response.status_code == 422
+    assert "sweep_0 has already ended (Completed)" in response.content.decode()
+    assert callbacks == []
+
+
+def test_views_send_tasks_only_through_services():
+    from ensembles import views
+
+    assert not hasattr(views, "tasks")
+
+
+@pytest.mark.django_db(transaction=True)  # commits for real: tasks are sent as in production
+def test_rerun_and_stop_say_so_when_the_task_queue_is_unreachable(alice, alice_client, experiment, ensemble, monkeypatch):
+    from kombu.exceptions import OperationalError
+
+    from ensembles import tasks
+
+    def unreachable(*args):
+        raise OperationalError("Error 111 connecting to 127.0.0.1:6379. Connection refused.")
+
+    monkeypatch.setattr(tasks.run_submit, "delay", lambda *args: None)
+    monkeypatch.setattr(tasks.run_rerun_failed, "delay", unreachable)
+    monkeypatch.setattr(tasks.member_cancel, "delay", unreachable)
+    run = services.run_launch(user=alice, experiment=experiment)
+    Run.objects.filter(pk=run.pk).update(submit_state="submitted")
+    run.members.filter(name="sweep_0").update(status=MemberStatus.FAILED)
+    response = alice_client.post(reverse("ensembles:run_rerun", args=[run.pk]))
+    assert response.status_code == 200
+    assert "task queue is not reachable, so the failed members cannot be re-run yet" in response.content.decode()
+    response = alice_client.post(reverse("ensembles:member_run_cancel", args=[run.members.get(name="sweep_1").pk]))
+    assert response.status_code == 200
+    assert "task queue is not reachable, so sweep_1 cannot be stopped yet" in response.content.decode()
+    assert run.members.count() == 6
+
+
+def test_launched_values_are_written_as_typed_and_stored_typed(alice, experiment, settings, tmp_path):
+    from ensembles.forms import parse_member_params
+    from ensembles.generation import prepare_member
+    from ensembles.launching import JOB_FIELDS, job_spec
+
+    settings.FILE_ROOTS = [tmp_path]
+    source = tmp_path / "input.cfg"
+    source.write_text("flag=;flag; lr=;lr; x=;x;")
+    ensemble = services.ensemble_save(
+        experiment=experiment,
+        spec={
+            "name": "typed",
+            "params": [
+                {"name": "flag", "values": "true, TRUE"},
+                {"name": "lr", "values": "1e-3"},
+                {"name": "x", "values": "range(0, 0.4, 0.1)"},
+            ],
+            "params_as_args": ["flag", "lr", "x"],
+            "run_settings": {"exe": "/bin/true"},
+        },
+    )
+    services.file_attach_path(owner=ensemble, path=str(source), action="configure")
+    services.member_save(
+        experiment=experiment, ensemble=ensemble,
+        spec={"name": "extra", "params": parse_member_params("flag=True\nlr=0.10\nx=0.3"),
+              "params_as_args": ["flag", "lr"], "run_settings": {"exe": "/bin/true"}},
+    )
+    run = services.run_launch(user=alice, experiment=experiment)
+    member = run.members.only(*JOB_FIELDS).get(name="typed_3")
+    assert member.params == {"flag": True, "lr": 0.001, "x": 0.3}
+    assert [type(member.params[n]) for n in ("flag", "lr", "x")] == [bool, float, float]  # sorting, filters, plots
+    assert member.argv == ["/bin/true", "--flag=true", "--lr=1e-3", "-x", "0.3"]
+    assert member.params_text == {"flag": "true", "lr": "1e-3"}  # only what str(value) would not give
+    assert run.members.get(name="typed_7").argv == ["/bin/true", "--flag=TRUE", "--lr=1e-3", "-x", "0.3"]
+    extra = run.members.get(name="extra")
+    assert extra.params == {"flag": True, "lr": 0.1, "x": 0.3}
+    assert extra.argv == ["/bin/true", "--flag=True", "--lr=0.10"]
+
+    # The runner's prepare hook gets the typed values and their text: the file is written as typed.
+    spec = job_spec(member, files={"configure": [str(source)]}, roots=[str(tmp_path)])
+    prepare_member(**spec.prepare["kwargs"])
+    assert Path(member.cwd, "input.cfg").read_text() == "flag=true lr=1e-3 x=0.3"
+
+    # A re-run keeps the texts.
+    Run.objects.filter(pk=run.pk).update(submit_state="submitted")
+    MemberRun.objects.filter(pk=member.pk).update(status=MemberStatus.FAILED)
+    services.run_rerun_failed(run_id=run.pk)
+    assert run.members.get(name="typed_3", latest=True).params_text == {"flag": "true", "lr": "1e-3"}

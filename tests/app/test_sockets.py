@@ -2,6 +2,7 @@
 socket sends the true state on connect; the log tail follows a file by offset."""
 
 import asyncio
+import json
 from pathlib import Path
 from unittest import mock
 
@@ -11,6 +12,7 @@ from channels.testing import WebsocketCommunicator
 from django.test import Client
 
 from ensembles import services
+from launchers.base import JobState, JobStatus
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -54,20 +56,45 @@ async def _open(communicator):
     return connected, code
 
 
-def test_the_owner_gets_the_runs_true_state_on_connect(run, alice):
-    cookie = session_cookie(alice)
-
+def _catch_up(run, cookie, since):
     async def scenario():
         communicator = connect(f"/ws/runs/{run.pk}/", cookie)
         connected, _ = await _open(communicator)
+        await communicator.send_to(text_data=json.dumps({"action": "catch_up", "since": since}))
         first = await communicator.receive_from(timeout=5)
         await communicator.disconnect()
         return connected, first
 
-    connected, first = async_to_sync(scenario)()
+    return async_to_sync(scenario)()
+
+
+def test_a_page_without_a_mark_gets_the_runs_true_state_and_reloads_its_table(run, alice):
+    connected, first = _catch_up(run, session_cookie(alice), None)
     assert connected
     assert 'id="run-counts"' in first and 'data-status="New" data-count="6"' in first
-    assert 'hx-trigger="load"' in first  # the table reloads itself after a reconnect
+    assert 'hx-trigger="load"' in first  # the table reloads itself
+    assert 'id="run-mark" data-mark="' in first
+
+
+def test_a_page_that_reconnects_gets_only_what_changed_since_its_mark(run, alice):
+    """One small fragment: the counts, and the rows that changed since the page's last message."""
+    from ensembles import realtime
+
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    run.members.update(updated=timezone.now() - timedelta(minutes=5))  # the page was opened after the launch
+    cookie = session_cookie(alice)
+    mark = float(realtime.run_mark())
+    _, nothing_new = _catch_up(run, cookie, mark)
+    assert 'id="run-counts"' in nothing_new and "<template>" not in nothing_new and 'hx-trigger="load"' not in nothing_new
+
+    changed = run.members.order_by("position")[2]
+    services.member_runs_apply({changed.pk: JobStatus(JobState.RUNNING, job_id="42", started=1000.0)})
+    _, caught_up = _catch_up(run, cookie, mark)
+    assert f'id="member-{changed.pk}"' in caught_up and caught_up.count("<tr") == 1
+    assert 'hx-trigger="load"' not in caught_up
 
 
 @pytest.mark.parametrize("who", ["bob", "charlie", "anonymous"])
@@ -251,6 +278,7 @@ def test_a_run_counts_as_watched_while_a_socket_is_open(run, alice):
     async def scenario():
         communicator = connect(f"/ws/runs/{run.pk}/", cookie)
         await _open(communicator)
+        await communicator.send_to(text_data='{"action": "catch_up", "since": null}')
         await communicator.receive_from(timeout=5)
         during = realtime.watched(run.pk)
         await communicator.disconnect()
@@ -272,6 +300,7 @@ def test_an_open_socket_keeps_its_run_watched_and_one_whose_server_died_stops_co
     async def scenario():
         communicator = connect(f"/ws/runs/{run.pk}/", cookie)
         await _open(communicator)
+        await communicator.send_to(text_data='{"action": "catch_up", "since": null}')
         await communicator.receive_from(timeout=5)
         await asyncio.sleep(4 * realtime.WATCHER_EXPIRY)  # the point: time passes, and only the open socket beats
         during = realtime.watched(run.pk), realtime._client().zrange(realtime._watchers_key(run.pk), 0, -1)

@@ -291,6 +291,7 @@ def test_a_socket_opens_only_from_the_sites_own_origin(web, transactional_db, al
         try:
             with connect(f"ws://127.0.0.1:{port}{path}", origin=origin, additional_headers=headers, open_timeout=10) as ws:
                 if "runs/" in path and "member" not in path:
+                    ws.send('{"action": "catch_up", "since": null}')
                     assert 'id="run-counts"' in ws.recv(timeout=10)
                 return True
         except InvalidStatus as error:
