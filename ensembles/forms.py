@@ -13,7 +13,7 @@ from django import forms
 from django.core.exceptions import ValidationError
 
 from .expansion import format_value
-from .models import PARAM_NAME, Experiment, FileAction, Strategy, name_validator
+from .models import PARAM_NAME, Experiment, FileAction, Launcher, Strategy, name_validator
 from .values import ValueSyntaxError, infer_type, parse_values
 
 RUN_FIELDS = ("exe", "exe_args", "run_command", "run_args", "env_vars")
@@ -61,12 +61,41 @@ class ApplyErrorsMixin:
             self.add_error(key if key in self.fields else None, messages)
 
 
+# The launchers a run can use today (services._resolve_launcher refuses the others at
+# launch; tests/app/test_dashboard_truth.py keeps the two in step).
+AVAILABLE_LAUNCHERS = frozenset({Launcher.LOCAL, Launcher.AUTO})
+NOT_AVAILABLE_NOTE = "not available yet"
+_NOT_AVAILABLE = [label for value, label in Launcher.choices if value not in AVAILABLE_LAUNCHERS]
+
+
+class LauncherSelect(forms.Select):
+    """A launcher menu whose launchers that are not available yet are shown, but disabled."""
+
+    def create_option(self, name, value, label, selected, index, subindex=None, attrs=None):
+        option = super().create_option(name, value, label, selected, index, subindex=subindex, attrs=attrs)
+        if value and value not in AVAILABLE_LAUNCHERS:
+            option["attrs"]["disabled"] = True
+            option["label"] = f"{label} ({NOT_AVAILABLE_NOTE})"
+        return option
+
+
 class ExperimentForm(ApplyErrorsMixin, forms.ModelForm):
     class Meta:
         model = Experiment
         fields = ["name", "description", "launcher"]
-        widgets = {"description": forms.Textarea(attrs={"rows": 3})}
-        help_texts = {"name": "Used as a folder name: letters, digits, '_', '.', '-'."}
+        widgets = {"description": forms.Textarea(attrs={"rows": 3}), "launcher": LauncherSelect}
+        help_texts = {
+            "name": "Used as a folder name: letters, digits, '_', '.', '-'.",
+            "launcher": f"{', '.join(_NOT_AVAILABLE)}: {NOT_AVAILABLE_NOTE}.",
+        }
+
+    def clean_launcher(self):
+        launcher = self.cleaned_data["launcher"]
+        if launcher not in AVAILABLE_LAUNCHERS:
+            raise ValidationError(
+                f"The {Launcher(launcher).label} launcher is {NOT_AVAILABLE_NOTE}: choose Local processes or Detect at launch."
+            )
+        return launcher
 
 
 class SettingsForm(ApplyErrorsMixin, forms.Form):

@@ -341,6 +341,12 @@ class Run(models.Model):
     class Meta:
         ordering = ["-created"]
         constraints = [models.UniqueConstraint(fields=["experiment", "number"], name="run_number_unique_in_experiment")]
+        indexes = [
+            # services.runs_reconcile, every few seconds: submitting runs, pending ones (_resend_unclaimed)...
+            models.Index(fields=["submit_state"], name="run_submit_state_idx"),
+            # ... and the unfinished ones (few, while finished runs pile up).
+            models.Index(fields=["submit_state"], condition=models.Q(finished__isnull=True), name="run_unfinished_idx"),
+        ]
 
     def __str__(self):
         return f"{self.experiment.name} run {self.number}"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from dataclasses import dataclass, field
 
 from .expansion import ParameterSpace, format_count
 
@@ -69,13 +70,33 @@ def _layout(title: str, **extra) -> dict:
     return {**LAYOUT, "title": {"text": title, "font": {"size": 13}}, **extra}
 
 
-def status_over_time(events: list[tuple[int, str, float]], start: float, max_points: int = 300) -> dict:
-    """How many members were in each status over time. ``events``: (member, status, epoch) in time order."""
+STATUS_MAX_POINTS = 300
+
+
+@dataclass(frozen=True)
+class StatusSamples:
+    """Members per status after each sampled status event: what ``status_over_time`` draws.
+    ``times``: epochs; ``counts``: one {status: members} per time. The selectors compute it
+    in the database (selectors.status_samples), ``status_samples`` here from the events."""
+
+    times: list[float] = field(default_factory=list)
+    counts: list[dict[str, int]] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.times)
+
+
+def sample_step(event_count: int, max_points: int = STATUS_MAX_POINTS) -> int:
+    """Every how many events a point is drawn (and after the last one)."""
+    return max(1, event_count // max_points)
+
+
+def status_samples(events: list[tuple[int, str, float]], max_points: int = STATUS_MAX_POINTS) -> StatusSamples:
+    """The reference: ``events`` (member, status, epoch) in time order, replayed in Python."""
     current: dict[int, str] = {}
     counts = {status: 0 for status in STATUS_COLOURS}
-    times: list[float] = []
-    series = {status: [] for status in STATUS_COLOURS}
-    step = max(1, len(events) // max_points)
+    samples = StatusSamples()
+    step = sample_step(len(events), max_points)
     for index, (member, status, at) in enumerate(events):
         previous = current.get(member)
         if previous:
@@ -83,9 +104,17 @@ def status_over_time(events: list[tuple[int, str, float]], start: float, max_poi
         current[member] = status
         counts[status] += 1
         if index % step == 0 or index == len(events) - 1:
-            times.append(round(at - start, 3))
-            for name in series:
-                series[name].append(counts[name])
+            samples.times.append(at)
+            samples.counts.append(dict(counts))
+    return samples
+
+
+def status_over_time(events: StatusSamples | list[tuple[int, str, float]], start: float, max_points: int = STATUS_MAX_POINTS) -> dict:
+    """How many members were in each status over time: ``events`` already sampled
+    (StatusSamples), or (member, status, epoch) in time order."""
+    samples = events if isinstance(events, StatusSamples) else status_samples(events, max_points)
+    times = [round(at - start, 3) for at in samples.times]
+    series = {name: [counts.get(name, 0) for counts in samples.counts] for name in STATUS_COLOURS}
     data = [
         {"type": "scatter", "mode": "lines", "line": {"shape": "hv", "color": STATUS_COLOURS[name]}, "name": name, "x": times, "y": values}
         for name, values in series.items()

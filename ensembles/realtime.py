@@ -13,6 +13,7 @@ import math
 import os
 import threading
 import time
+import weakref
 from datetime import datetime
 from datetime import timezone as dt_timezone
 
@@ -42,15 +43,24 @@ def _watchers_key(run_id: int) -> str:
     return f"{settings.EVENT_STREAM}:watchers:{run_group(run_id)}"
 
 
+# One asyncio client per running event loop (its connections belong to that loop), kept
+# for the loop's life: a socket's watch, heartbeat and unwatch open no connection of their own.
+_async_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, redis.asyncio.Redis] = weakref.WeakKeyDictionary()
+
+
+def _async_client() -> redis.asyncio.Redis:
+    loop = asyncio.get_running_loop()
+    client = _async_clients.get(loop)
+    if client is None:
+        client = _async_clients[loop] = redis.asyncio.Redis.from_url(settings.REDIS_URL)
+    return client
+
+
 async def watch(run_id: int, channel_name: str) -> None:
     """Mark the socket as watching the run (again: its heartbeat calls this)."""
-    client = redis.asyncio.Redis.from_url(settings.REDIS_URL)
-    try:
-        async with client.pipeline(transaction=False) as pipe:
-            key = _watchers_key(run_id)
-            await pipe.zadd(key, {channel_name: time.time()}).expire(key, math.ceil(WATCHER_EXPIRY)).execute()
-    finally:
-        await client.aclose()
+    async with _async_client().pipeline(transaction=False) as pipe:
+        key = _watchers_key(run_id)
+        await pipe.zadd(key, {channel_name: time.time()}).expire(key, math.ceil(WATCHER_EXPIRY)).execute()
 
 
 async def keep_watching(run_id: int, channel_name: str) -> None:
@@ -64,11 +74,7 @@ async def keep_watching(run_id: int, channel_name: str) -> None:
 
 
 async def unwatch(run_id: int, channel_name: str) -> None:
-    client = redis.asyncio.Redis.from_url(settings.REDIS_URL)
-    try:
-        await client.zrem(_watchers_key(run_id), channel_name)
-    finally:
-        await client.aclose()
+    await _async_client().zrem(_watchers_key(run_id), channel_name)
 
 
 class _PushLoop:

@@ -3,19 +3,24 @@ user may see, and objects of others are a 404 (they are not even said to exist).
 
 from __future__ import annotations
 
+import itertools
 import os
 import shlex
 import stat
 from dataclasses import dataclass, field
 from pathlib import Path
+from collections.abc import Iterator
+from datetime import timezone as dt_timezone
 from typing import Any
 
 from django.conf import settings
+from django.db import connections, router
 from django.db.models import Count, Q, QuerySet
 from django.db.models.fields.json import KeyTransform
 from django.shortcuts import get_object_or_404
 from django.urls import reverse
 from django.utils import timezone
+from django.utils.dateparse import parse_datetime
 
 from launchers.base import LauncherError
 
@@ -266,10 +271,18 @@ def _status_counts(queryset) -> dict[str, int]:
     return counts
 
 
-def run_summary(run_id: int) -> dict:
-    """The run, its member counts by status and its progress (two queries)."""
+def run_summary(run_id: int, *, members: list[MemberRun] | None = None) -> dict:
+    """The run, its member counts by status and its progress (two queries).
+
+    ``members``: every latest attempt of the run, already read by the caller: the
+    counts are taken from them (one query less, and they agree with those rows)."""
     run = Run.objects.select_related("experiment").get(pk=run_id)
-    counts = _status_counts(MemberRun.objects.filter(run_id=run_id, latest=True))
+    if members is None:
+        counts = _status_counts(MemberRun.objects.filter(run_id=run_id, latest=True))
+    else:
+        counts = {status: 0 for status in MemberStatus.values}
+        for member in members:
+            counts[member.status] += 1
     total = sum(counts.values())
     done = sum(counts[s] for s in TERMINAL_STATUSES)
     return {
@@ -403,32 +416,33 @@ EXPORT_FIELDS = [
 ]
 
 
-def run_export_rows(run: Run) -> list[dict]:
-    rows = []
-    for member in MemberRun.objects.filter(run=run, latest=True).order_by("position").iterator(chunk_size=2000):
-        rows.append(
-            {
-                "name": member.name,
-                "entity_type": "Model",
-                "job_id": member.job_id,
-                "run_id": run.number,
-                "time": member.runtime,
-                "status": member.status,
-                "returncode": member.returncode,
-                "entity": member.entity,
-                "attempt": member.attempt,
-                "signal": member.signal,
-                "started": member.started.isoformat() if member.started else None,
-                "ended": member.ended.isoformat() if member.ended else None,
-                "cwd": member.cwd,
-                "params": member.ordered_params,
-                "results": member.results,
-            }
-        )
-    return rows
+EXPORT_CHUNK = 2000
 
 
-def export_columns(rows: list[dict]) -> list[str]:
+def run_export_rows(run: Run) -> Iterator[dict]:
+    """The run's latest members as export rows, one at a time (read EXPORT_CHUNK rows a query)."""
+    members = MemberRun.objects.filter(run=run, latest=True).order_by("position")
+    for member in members.iterator(chunk_size=EXPORT_CHUNK):
+        yield {
+            "name": member.name,
+            "entity_type": "Model",
+            "job_id": member.job_id,
+            "run_id": run.number,
+            "time": member.runtime,
+            "status": member.status,
+            "returncode": member.returncode,
+            "entity": member.entity,
+            "attempt": member.attempt,
+            "signal": member.signal,
+            "started": member.started.isoformat() if member.started else None,
+            "ended": member.ended.isoformat() if member.ended else None,
+            "cwd": member.cwd,
+            "params": member.ordered_params,
+            "results": member.results,
+        }
+
+
+def export_columns(rows) -> list[str]:
     params, results = {}, {}
     for row in rows:
         params.update(dict.fromkeys(row["params"] or {}))
@@ -436,11 +450,22 @@ def export_columns(rows: list[dict]) -> list[str]:
     return EXPORT_FIELDS + [f"params.{k}" for k in params] + [f"results.{k}" for k in results]
 
 
+def run_export_columns(run: Run) -> list[str]:
+    """The CSV header of ``run_export_rows``: a first pass over only the parameters and
+    results, streamed, keeping nothing but their names."""
+    values = MemberRun.objects.filter(run=run, latest=True).order_by("position").values_list("params", "param_names", "results")
+    return export_columns(
+        {"params": params_in_order(params or {}, names or []), "results": results}
+        for params, names, results in values.iterator(chunk_size=EXPORT_CHUNK)
+    )
+
+
 MAX_PLOTTED_MEMBERS = 5000
 
 
 def run_plot_data(run: Run) -> dict:
-    """What the run's plots need, in two queries (members capped at MAX_PLOTTED_MEMBERS)."""
+    """What the run's plots need, in three queries (members capped at MAX_PLOTTED_MEMBERS;
+    the status events counted in the database: ``events`` is a plots.StatusSamples)."""
     start = run.created.timestamp()
     members = []
     rows = list(
@@ -463,16 +488,66 @@ def run_plot_data(run: Run) -> dict:
                 "values": {**params_in_order(row["params"], row["param_names"]), **(row["results"] or {})},
             }
         )
-    events = [
-        (member_id, status, at.timestamp())
-        for member_id, status, at in StatusEvent.objects.filter(run=run).order_by("at", "id").values_list("member_id", "status", "at")
-    ]
+    events = status_samples(run.pk)
     params, results = {}, {}
     for row in rows:
         params.update({k: None for k, v in params_in_order(row["params"], row["param_names"]).items() if _is_number(v)})
         results.update({k: None for k, v in (row["results"] or {}).items() if _is_number(v)})
     # Results in name order: PostgreSQL (jsonb) does not keep the order the member wrote them in.
     return {"start": start, "members": members, "events": events, "params": list(params), "results": sorted(results)}
+
+
+def status_samples(run_id: int, max_points: int = plots.STATUS_MAX_POINTS) -> plots.StatusSamples:
+    """plots.status_samples of the run's status events, computed in the database: what
+    comes back is a few rows per drawn point, however many events the run has.
+
+    Event ``i`` (0-based, in (at, id) order) goes to bucket ceil(i / step); the point drawn
+    for bucket ``k`` is after event k*step (the bucket's last), or after the very last
+    event. Each event adds one member to its status and takes one from the status the
+    member had before (LAG over the member's events); summing those per bucket, then
+    cumulatively over buckets, gives the counts after each drawn event."""
+    db = router.db_for_read(StatusEvent)
+    count = StatusEvent.objects.using(db).filter(run_id=run_id).count()
+    if not count:
+        return plots.StatusSamples()
+    step = plots.sample_step(count, max_points)
+    quote = connections[db].ops.quote_name
+    table, at, pk = quote(StatusEvent._meta.db_table), quote("at"), quote("id")
+    sql = f"""
+        WITH e AS (
+            SELECT {quote("status")} AS status, {at} AS at,
+                   ROW_NUMBER() OVER (ORDER BY {at}, {pk}) - 1 AS idx,
+                   LAG({quote("status")}) OVER (PARTITION BY {quote("member_id")} ORDER BY {at}, {pk}) AS previous
+            FROM {table} WHERE {quote("run_id")} = %s
+        ), b AS (
+            SELECT (idx + %s - 1) / %s AS bucket, status, previous, at FROM e
+        )
+        SELECT bucket, MAX(at), status, previous, COUNT(*) FROM b GROUP BY bucket, status, previous ORDER BY bucket
+    """
+    with connections[db].cursor() as cursor:
+        cursor.execute(sql, [run_id, step, step])
+        rows = cursor.fetchall()
+    samples = plots.StatusSamples()
+    counts = {status: 0 for status in plots.STATUS_COLOURS}
+    for bucket, group in itertools.groupby(rows, key=lambda row: row[0]):
+        latest = None
+        for _, bucket_at, status, previous, number in group:
+            latest = bucket_at if latest is None else max(latest, bucket_at)
+            counts[status] += number
+            if previous:
+                counts[previous] -= number
+        samples.times.append(_epoch(latest))
+        samples.counts.append(dict(counts))
+    return samples
+
+
+def _epoch(value) -> float:
+    """A datetime from raw SQL (SQLite gives text, in UTC) as an epoch."""
+    if isinstance(value, str):
+        value = parse_datetime(value)
+    if timezone.is_naive(value):
+        value = timezone.make_aware(value, dt_timezone.utc)
+    return value.timestamp()
 
 
 def _is_number(value) -> bool:

@@ -535,8 +535,13 @@ def run_cancel(*, run_id: int) -> None:
     """Stop every unfinished member: new ones of a pending run at once, queued ones
     never start, running ones are terminated."""
     _cancel_unsubmitted(run_id)
-    run = Run.objects.get(pk=run_id)
-    _cancel(run, list(run.members.filter(latest=True).exclude(status__in=TERMINAL_STATUSES)))
+    # Only what launcher_for and job_spec read: not the run's file plan, nor members' results or errors.
+    run = Run.objects.only(*CANCEL_RUN_FIELDS).get(pk=run_id)
+    members = run.members.filter(latest=True).exclude(status__in=TERMINAL_STATUSES).order_by("position").only(*JOB_FIELDS)
+    _cancel(run, list(members))
+
+
+CANCEL_RUN_FIELDS = ("launcher", "work_dir", "run_as")  # what launching.launcher_for reads
 
 
 def member_cancel(*, member_id: int) -> None:

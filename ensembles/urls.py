@@ -35,6 +35,7 @@ urlpatterns += [
     re_path(r"^runs/(?P<pk>[0-9]+)/export\.(?P<fmt>csv|json)$", views.run_export, name="run_export"),
     path("member-runs/<int:pk>/", views.member_run_detail, name="member_run_detail"),
     path("member-runs/<int:pk>/cancel", views.member_run_cancel, name="member_run_cancel"),
+    path("member-runs/<int:pk>/status", views.member_run_status, name="member_run_status"),
     path("member-runs/<int:pk>/files/", views.member_run_files, name="member_run_files"),
     path("member-runs/<int:pk>/files/<str:name>", views.member_run_file, name="member_run_file"),
 ]

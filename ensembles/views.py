@@ -3,18 +3,24 @@
 from __future__ import annotations
 
 import csv
+import functools
+import itertools
+import json
 import os
 import random
 import shlex
 
 import redis
+from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_not_required
 from django.contrib.auth.forms import AuthenticationForm
 from django.core.exceptions import ValidationError
+from django.core.handlers.asgi import ASGIRequest
+from django.core.serializers.json import DjangoJSONEncoder
 from django.db import connection, transaction
-from django.http import FileResponse, Http404, HttpResponse, JsonResponse
+from django.http import FileResponse, Http404, HttpResponse, JsonResponse, StreamingHttpResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.utils.html import format_html
@@ -23,8 +29,14 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 from . import plots, realtime, selectors, services
 from .expansion import ExpansionError, expand
 from .forms import AttachFileForm, EnsembleForm, ExperimentForm, LaunchForm, MemberForm, ParamFormSet
-from .models import Ensemble, Member, MemberStatus, Strategy
+from .models import TERMINAL_STATUSES, Ensemble, Member, MemberStatus, Strategy
 from .values import is_numeric
+
+
+@functools.cache
+def _health_redis(url: str) -> redis.Redis:
+    """One client (and so one connection pool) per process for /healthz, not one a request."""
+    return redis.Redis.from_url(url, socket_timeout=1, socket_connect_timeout=1)
 
 
 @login_not_required
@@ -39,7 +51,7 @@ def healthz(request):
     except Exception as error:  # report, don't crash: this is the health page
         status["database"] = f"error: {type(error).__name__}"
     try:
-        redis.Redis.from_url(settings.REDIS_URL, socket_timeout=1).ping()
+        _health_redis(settings.REDIS_URL).ping()
         status["redis"] = "ok"
     except redis.RedisError as error:
         status["redis"] = f"error: {type(error).__name__}"
@@ -443,11 +455,22 @@ def _members_page(request, run):
 
 @require_GET
 def run_detail(request, pk):
+    """The run page. Its counts and its rows must tell the same story on first render:
+
+    the rows are read first; when that page is the whole run (unfiltered, one page),
+    the counts are taken from those very rows, so they cannot disagree. Otherwise the
+    counts are read after the rows, so they are never behind them (statuses only move
+    forward); anything that changed after the mark, taken before both reads, is sent
+    again when the socket connects.
+    """
     run = selectors.run_get(request.user, pk)
+    mark = realtime.run_mark()  # before reading: what changes meanwhile comes on connect
+    members = _members_page(request, run)
+    whole_run = members.pages == 1 and not members.status and not (members.param and members.value != "")
     context = {
-        "mark": realtime.run_mark(),  # before reading: what changes meanwhile comes on connect
-        **selectors.run_summary(run.pk),
-        "members": _members_page(request, run),
+        "mark": mark,
+        **selectors.run_summary(run.pk, members=members.rows if whole_run else None),
+        "members": members,
         "param_names": selectors.run_param_names(run),
         "statuses": MemberStatus.values,
         "sorts": selectors.MEMBER_SORTS,
@@ -507,8 +530,18 @@ def member_run_detail(request, pk):
             "command": shlex.join(member.argv),
             "files": selectors.member_files(member, _int_from(request.GET, "files_page", 1)),
             "attempts": selectors.member_attempts(member),
+            "status_live": member.status not in TERMINAL_STATUSES,
         },
     )
+
+
+@require_GET
+def member_run_status(request, pk):
+    """The member's status badge: the member page polls it until the status is terminal
+    (the terminal badge carries no trigger, so the polling stops by itself)."""
+    member = selectors.member_run_get(request.user, pk)
+    context = {"member": member, "status_live": member.status not in TERMINAL_STATUSES}
+    return render(request, "ensembles/partials/member_status.html", context)
 
 
 @require_GET
@@ -530,20 +563,64 @@ def member_run_file(request, pk, name):
 
 @require_GET
 def run_export(request, pk, fmt):
+    """The run's members as CSV or JSON, streamed: rows are read EXPORT_CHUNK at a time
+    and sent EXPORT_ROWS_PER_CHUNK to a piece, never the whole run in memory."""
     run = selectors.run_get(request.user, pk)
-    rows = selectors.run_export_rows(run)
     filename = f"{run.experiment.name}-run{run.number}.{fmt}"
     if fmt == "json":
-        response = JsonResponse(rows, safe=False, json_dumps_params={"indent": 1})
+        pieces, content_type = _export_json(selectors.run_export_rows(run)), "application/json"
     else:
-        response = HttpResponse(content_type="text/csv")
-        writer = csv.writer(response)
-        columns = selectors.export_columns(rows)
-        writer.writerow(columns)
-        for row in rows:
-            writer.writerow([_flat(row, column) for column in columns])
+        pieces, content_type = _export_csv(run), "text/csv"
+    if isinstance(request, ASGIRequest):  # a sync iterator would be read to the end before the first byte goes
+        pieces = _in_thread(pieces)
+    response = StreamingHttpResponse(pieces, content_type=content_type)
     response["Content-Disposition"] = f'attachment; filename="{filename}"'
     return response
+
+
+EXPORT_ROWS_PER_CHUNK = 500
+
+
+class _Line:
+    """A file that hands back what is written to it (csv.writer writes one row)."""
+
+    def write(self, value):
+        return value
+
+
+def _export_csv(run):
+    columns = selectors.run_export_columns(run)
+    writer = csv.writer(_Line())
+    yield writer.writerow(columns)
+    for rows in _batched(selectors.run_export_rows(run), EXPORT_ROWS_PER_CHUNK):
+        yield "".join(writer.writerow([_flat(row, column) for column in columns]) for row in rows)
+
+
+def _export_json(rows):
+    """The bytes JsonResponse(rows, safe=False, json_dumps_params={"indent": 1}) would send, a chunk at a time."""
+    first = True
+    for batch in _batched(rows, EXPORT_ROWS_PER_CHUNK):
+        parts = []
+        for row in batch:
+            text = json.dumps(row, cls=DjangoJSONEncoder, indent=1)
+            parts.append(("[\n" if first else ",\n") + "\n".join(" " + line for line in text.split("\n")))
+            first = False
+        yield "".join(parts)
+    yield "[]" if first else "\n]"
+
+
+def _batched(items, size):
+    items = iter(items)
+    while batch := list(itertools.islice(items, size)):
+        yield batch
+
+
+async def _in_thread(pieces):
+    """A sync iterator read under ASGI one piece at a time, in the request's thread (its database connection)."""
+    done = object()
+    pieces = iter(pieces)
+    while (piece := await sync_to_async(next, thread_sensitive=True)(pieces, done)) is not done:
+        yield piece
 
 
 def _flat(row: dict, column: str):

@@ -42,10 +42,10 @@ def test_an_unknown_launcher_is_refused(alice_client):
 
 def test_editing_and_deleting_an_experiment(alice_client, experiment):
     alice_client.post(
-        reverse("ensembles:experiment_edit", args=[experiment.pk]), {"name": "heat2", "description": "", "launcher": "slurm"}
+        reverse("ensembles:experiment_edit", args=[experiment.pk]), {"name": "heat2", "description": "", "launcher": "auto"}
     )
     experiment.refresh_from_db()
-    assert (experiment.name, experiment.launcher) == ("heat2", "slurm")
+    assert (experiment.name, experiment.launcher) == ("heat2", "auto")
     assert b"Delete experiment" in alice_client.get(reverse("ensembles:experiment_delete", args=[experiment.pk])).content
     alice_client.post(reverse("ensembles:experiment_delete", args=[experiment.pk]))
     assert not Experiment.objects.filter(pk=experiment.pk).exists()

@@ -131,7 +131,8 @@ def test_run_page_query_count_does_not_grow_with_members(alice_client, alice, ex
             assert alice_client.get(reverse("ensembles:run_detail", args=[run.pk])).status_code == 200
         return len(context)
 
-    assert queries_for(5, "small") == queries_for(250, "large")
+    # a run that fits on one page takes its counts from its rows: one query less
+    assert queries_for(5, "small") + 1 == queries_for(250, "large")
 
 
 def test_statuses_only_move_forward_and_results_are_stored(run):
@@ -191,12 +192,12 @@ def test_member_page_serves_only_files_inside_its_directory(alice_client, run, t
 
 def test_export_has_smartsim_columns_params_and_results(alice_client, run):
     MemberRun.objects.filter(pk=run.members.get(name="sweep_0").pk).update(results={"energy": 2.0}, status="Completed")
-    csv_text = alice_client.get(reverse("ensembles:run_export", args=[run.pk, "csv"])).content.decode()
+    csv_text = b"".join(alice_client.get(reverse("ensembles:run_export", args=[run.pk, "csv"])).streaming_content).decode()
     header, first = csv_text.splitlines()[:2]
     assert header.startswith("name,entity_type,job_id,run_id,time,status,returncode,entity,attempt")
     assert header.endswith("params.alpha,params.beta,results.energy")
     assert first.startswith("sweep_0,Model,,1,,Completed,,sweep,1") and first.endswith(",1,x,2.0")
-    rows = alice_client.get(reverse("ensembles:run_export", args=[run.pk, "json"])).json()
+    rows = json.loads(b"".join(alice_client.get(reverse("ensembles:run_export", args=[run.pk, "json"])).streaming_content))
     assert rows[0]["params"] == {"alpha": 1, "beta": "x"}
     assert alice_client.get(f"/runs/{run.pk}/export.xml").status_code == 404
 
