@@ -229,7 +229,8 @@ async def _cross_origin(port: int, run_pk: int, cookie: str) -> dict:
         try:
             async with websockets.connect(f"ws://127.0.0.1:{port}/ws/runs/{run_pk}/", origin=origin,
                                           additional_headers={"Cookie": f"sessionid={cookie}"}, open_timeout=5) as ws:
-                await asyncio.wait_for(ws.recv(), 5)  # the run's state arrives once the socket is accepted
+                await ws.send(json.dumps({"action": "catch_up", "since": None}))
+                await asyncio.wait_for(ws.recv(), 5)  # the run's state: the socket was accepted
                 return True
         except Exception as error:
             print(f"# {origin}: {type(error).__name__}: {error}", file=sys.stderr)
