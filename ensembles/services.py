@@ -87,7 +87,14 @@ def experiment_update(*, experiment: Experiment, name: str, description: str, la
 
 
 def experiment_delete(*, experiment: Experiment) -> None:
-    experiment.delete()
+    """Refused while a run is active: its runner would go on starting members that no
+    page could show or stop any more."""
+    with transaction.atomic():
+        Experiment.objects.select_for_update().get(pk=experiment.pk)  # no launch slips in meanwhile
+        active = experiment.runs.filter(finished__isnull=True).order_by("number").first()
+        if active:
+            raise ValidationError(f"Run {active.number} of this experiment is still active: stop it first, then delete.")
+        experiment.delete()
 
 
 def ensemble_save(*, experiment: Experiment, spec: dict, ensemble: Ensemble | None = None) -> Ensemble:

@@ -138,7 +138,11 @@ def experiment_edit(request, pk):
 def experiment_delete(request, pk):
     experiment = selectors.experiment_get(request.user, pk)
     if request.method == "POST":
-        services.experiment_delete(experiment=experiment)
+        try:
+            services.experiment_delete(experiment=experiment)
+        except ValidationError as error:
+            messages.error(request, " ".join(error.messages))
+            return redirect("ensembles:experiment_detail", pk=experiment.pk)
         messages.success(request, f"Experiment '{experiment.name}' deleted.")
         return redirect("ensembles:experiment_list")
     cancel_url = reverse("ensembles:experiment_detail", args=[experiment.pk])

@@ -66,3 +66,21 @@ def test_experiment_list_counts_only_standalone_models_as_models(alice_client, e
     listed = response.context["experiments"][0]
     assert (listed.ensemble_count, listed.model_count) == (1, 1)
     assert "<td>1</td>\n      <td>1</td>" in response.content.decode()
+
+
+def test_an_experiment_with_an_active_run_is_not_deleted_until_the_run_is_stopped(alice_client, experiment, ensemble):
+    from unittest import mock
+
+    from django.utils import timezone
+
+    from ensembles import services
+
+    with mock.patch("ensembles.services._enqueue"):
+        run = services.run_launch(user=experiment.owner, experiment=experiment)
+    response = alice_client.post(reverse("ensembles:experiment_delete", args=[experiment.pk]), follow=True)
+    assert Experiment.objects.filter(pk=experiment.pk).exists()
+    assert "Run 1 of this experiment is still active: stop it first" in response.content.decode()
+    run.finished = timezone.now()
+    run.save()
+    alice_client.post(reverse("ensembles:experiment_delete", args=[experiment.pk]))
+    assert not Experiment.objects.filter(pk=experiment.pk).exists()
