@@ -32,6 +32,13 @@ def test_a_run_page_and_a_member_page_left_open_stay_live_and_show_everything_on
         "run_settings": {"exe": PY, "exe_args": ["-c", SLOW, str(go)]},
     })
     run = services.run_launch(user=alice, experiment=experiment)
+    try:
+        _watch_left_open(logged_in, server, run, go)
+    finally:
+        go.touch()  # whatever happened, the members end (they would wait for it for ever)
+
+
+def _watch_left_open(logged_in, server, run, go):
     member = wait_for(lambda: (m := MemberRun.objects.filter(run=run).order_by("position").first()) and m.status == "Running" and m)
 
     run_page = logged_in
