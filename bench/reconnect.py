@@ -13,25 +13,20 @@ BENCH_MEMBERS (10000) and BENCH_IDLE_SECONDS (60) change the sizes. Prints name=
 import asyncio
 import json
 import os
-import signal
-import subprocess
-import sys
 import time
 import urllib.request
 
-from _django import setup_django  # noqa: E402
+from _django import setup_django, web_server  # noqa: E402
 
 os.environ.setdefault("LOG_LEVEL", "WARNING")
 setup_django()
 
-from django.conf import settings  # noqa: E402
 from django.contrib.auth import get_user_model  # noqa: E402
 from django.test import Client  # noqa: E402
 from django.utils import timezone  # noqa: E402
 
 from ensembles import realtime, services  # noqa: E402
 from ensembles.models import MemberRun, Run  # noqa: E402
-from webapp.supervisor import ensure_redis, free_port, server_argv  # noqa: E402
 
 MEMBERS = int(os.environ.get("BENCH_MEMBERS", "10000"))
 IDLE_SECONDS = float(os.environ.get("BENCH_IDLE_SECONDS", "60"))
@@ -91,31 +86,12 @@ def main():
     client = Client()
     client.force_login(user)
     cookie = client.cookies["sessionid"].value
-    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "webapp.settings_test"}
-    private_redis = ensure_redis(env)
-    port = free_port()
-    server = subprocess.Popen(server_argv("127.0.0.1", port, access_log=False), env=env, cwd=settings.BASE_DIR,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1)
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise SystemExit("the server did not start")
-                time.sleep(0.1)
+    with web_server() as (port, _):
         mark = float(realtime.run_mark())  # the page's last message came after the run ended
         old_bytes, old_message, _ = asyncio.run(page_socket(port, run.pk, cookie, None))
         old_total = old_bytes + fetched_by(old_message, port, run.pk, cookie)
         new_bytes, new_message, idle = asyncio.run(page_socket(port, run.pk, cookie, mark))
         new_total = new_bytes + fetched_by(new_message, port, run.pk, cookie)
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        server.wait(10)
-        if private_redis:
-            private_redis.stop()
     print(f"members={MEMBERS}")
     print(f"reconnect_without_mark_bytes={old_total}")
     print(f"idle_seconds={IDLE_SECONDS:g}")

@@ -19,30 +19,26 @@ Prints name=value lines; a throw-away data folder and SQLite file are used.
 import asyncio
 import json
 import os
-import signal
 import socket
-import subprocess
 import sys
 import time
 from pathlib import Path
 
-from _django import setup_django  # noqa: E402
+from _django import setup_django, web_server  # noqa: E402
 
 os.environ.setdefault("LOG_LEVEL", "WARNING")
 
 DATA = setup_django()
 
-from django.conf import settings  # noqa: E402
 from django.contrib.auth import get_user_model  # noqa: E402
 from django.core.files.uploadedfile import SimpleUploadedFile  # noqa: E402
 from django.test import Client  # noqa: E402
 from django.urls import reverse  # noqa: E402
 
 from ensembles import services  # noqa: E402
-from ensembles.models import MemberRun, TERMINAL_STATUSES  # noqa: E402
+from ensembles.models import MemberRun  # noqa: E402
 from launchers.base import JobSpec  # noqa: E402
 from launchers.local import LocalLauncher  # noqa: E402
-from webapp.supervisor import ensure_redis, free_port, server_argv  # noqa: E402
 
 PY = sys.executable
 
@@ -159,13 +155,7 @@ def _rss_kb(pid: int, field: str) -> int:
 
 
 def server_figures(user, run_pk: int) -> dict:
-    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "webapp.settings_test"}
-    private_redis = ensure_redis(env)
-    port = free_port()
-    server = subprocess.Popen(server_argv("127.0.0.1", port, access_log=False), env=env, cwd=settings.BASE_DIR,
-                              stdout=subprocess.DEVNULL, stderr=open(DATA / "server.log", "wb"), start_new_session=True)
-    try:
-        wait(lambda: _answers(port))
+    with web_server(DATA / "server.log") as (port, server):
         before = _rss_kb(server.pid, "VmRSS")
         started = time.monotonic()
         sock = socket.create_connection(("127.0.0.1", port))
@@ -200,20 +190,6 @@ def server_figures(user, run_pk: int) -> dict:
             "anon_post_peak_mb": round(max(0, peak - before) / 1024, 1),
             **accepted,
         }
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        server.wait(10)
-        if private_redis:
-            private_redis.stop()
-
-
-def _answers(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.5) as sock:
-            sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
-            return sock.recv(100).startswith(b"HTTP/1.1")
-    except OSError:
-        return False
 
 
 def _session_cookie(user) -> str:

@@ -4,9 +4,7 @@ selectors, which only return what the user may see."""
 
 from __future__ import annotations
 
-import json
 import logging
-import math
 import os
 import random
 import shutil
@@ -364,6 +362,14 @@ def _send(task_name: str, args: tuple, on_unreachable) -> None:
             on_unreachable()
 
 
+def _enqueue_and_tell(task_name: str, arg, *, sent: str, unreachable: str) -> str:
+    """Enqueue a user's action and return what to tell them. Called outside a transaction
+    (the action views), so the send happens here and its failure is known at once."""
+    failed = []
+    _enqueue(task_name, arg, on_unreachable=lambda: failed.append(True))
+    return unreachable if failed else sent
+
+
 def _enqueue_submit(run: Run) -> bool:
     """Send run_submit for a pending run after commit, and record when in run.enqueued_at.
 
@@ -484,11 +490,8 @@ def run_stop(*, run: Run) -> str:
     Returns what to tell the user."""
     if _cancel_unsubmitted(run.pk) and Run.objects.filter(pk=run.pk, finished__isnull=False).exists():
         return "Stopped: the run had not been submitted yet, so none of its members started."
-    unreachable = []
-    _enqueue("run_cancel", run.pk, on_unreachable=lambda: unreachable.append(True))
-    if unreachable:
-        return "The task queue is not reachable, so the run cannot be stopped yet; try again in a moment."
-    return "Stopping the run: queued members will not start, running ones are terminated."
+    return _enqueue_and_tell("run_cancel", run.pk, sent="Stopping the run: queued members will not start, running ones are terminated.",
+                             unreachable="The task queue is not reachable, so the run cannot be stopped yet; try again in a moment.")
 
 
 def run_rerun(*, run: Run) -> str:
@@ -499,11 +502,8 @@ def run_rerun(*, run: Run) -> str:
         raise ValidationError("The run is still being submitted; try again in a moment.")
     if not run.members.filter(latest=True, status__in=RERUNNABLE).exists():
         raise ValidationError("Nothing to re-run: no member of this run failed, was cancelled or was lost.")
-    unreachable = []
-    _enqueue("run_rerun_failed", run.pk, on_unreachable=lambda: unreachable.append(True))
-    if unreachable:
-        return "The task queue is not reachable, so the failed members cannot be re-run yet; try again in a moment."
-    return "Re-running the failed, cancelled and lost members as new attempts."
+    return _enqueue_and_tell("run_rerun_failed", run.pk, sent="Re-running the failed, cancelled and lost members as new attempts.",
+                             unreachable="The task queue is not reachable, so the failed members cannot be re-run yet; try again in a moment.")
 
 
 def member_stop(*, member: MemberRun) -> str:
@@ -512,11 +512,8 @@ def member_stop(*, member: MemberRun) -> str:
     member.refresh_from_db(fields=["status"])
     if member.status in TERMINAL_STATUSES:
         raise ValidationError(f"{member.name} has already ended ({member.status}): there is nothing to stop.")
-    unreachable = []
-    _enqueue("member_cancel", member.pk, on_unreachable=lambda: unreachable.append(True))
-    if unreachable:
-        return f"The task queue is not reachable, so {member.name} cannot be stopped yet; try again in a moment."
-    return f"Stopping {member.name}."
+    return _enqueue_and_tell("member_cancel", member.pk, sent=f"Stopping {member.name}.",
+                             unreachable=f"The task queue is not reachable, so {member.name} cannot be stopped yet; try again in a moment.")
 
 
 def _cancel_unsubmitted(run_id: int) -> bool:

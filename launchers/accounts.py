@@ -92,7 +92,8 @@ class Account(ServerSide):
     def command(self, verb: str) -> list[str]:
         return ["sudo", "-n", "-u", self.account, "--", self.python, "-I", str(self.agent_dir / AGENT), verb]
 
-    def _failure(self, stderr: bytes, returncode: int) -> LauncherError:
+    def failure(self, stderr: bytes, returncode: int) -> LauncherError:
+        """What the user is told when the agent (or sudo) failed."""
         message = stderr.decode(errors="replace").strip()
         if message.startswith("sudo:"):
             return LauncherError(f"Flotilla cannot act as the Unix account {self.account!r} ({message}); "
@@ -121,7 +122,7 @@ class Account(ServerSide):
             process.wait()
             raise LauncherError(f"the member-side agent of {self.account!r} did not answer within {self.timeout:.0f} s") from None
         if process.returncode != 0:
-            raise self._failure(stderr, process.returncode)
+            raise self.failure(stderr, process.returncode)
         return json.loads(stdout) if stdout else None
 
     def open_files(self, paths: list[str]) -> list[int | None]:
@@ -148,7 +149,7 @@ class Account(ServerSide):
         finally:
             ours.close()
         if process.returncode != 0 or not message:
-            raise self._failure(stderr, process.returncode)
+            raise self.failure(stderr, process.returncode)
         received = array.array("i")
         for level, kind, data in ancillary:
             if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
@@ -250,7 +251,7 @@ class AccountLauncher(Launcher):
         except ValueError:
             raise LauncherError(f"the event relay failed: {relay.stderr.decode(errors='replace').strip()}") from None
         if "error" in answer:
-            raise self.account._failure(answer["error"].encode(), 1)
+            raise self.account.failure(answer["error"].encode(), 1)
 
     def status(self, keys: list[str]) -> dict[str, JobStatus]:
         return {key: JobStatus.from_dict(status) for key, status in self._call("status", keys=keys).items()}

@@ -155,7 +155,7 @@ class PipeSink:
         if self.fd is not None:
             self.lines.append(line)
 
-    def send(self, *, last: bool = False) -> None:
+    def send(self) -> None:
         if self.fd is None:
             return
         if self.lines:

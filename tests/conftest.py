@@ -1,5 +1,6 @@
 """Shared fixtures: the personas alice, bob (same role, different owner) and charlie (staff)."""
 
+import contextlib
 import os
 import shutil
 import signal
@@ -7,6 +8,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -93,6 +95,45 @@ def test_database_url(django_db_setup) -> str:
 
 
 # --- the back end as real processes (integration and browser tests) ------------
+
+SERVER_LOG_ERRORS = ("Traceback", "Exception inside application")
+
+
+@contextlib.contextmanager
+def web_server(database_url: str, *, log_prefix: str, drop_env=()):
+    """The web server (uvicorn, as webapp.supervisor starts it) on a free loopback port
+    and the given database; yields (base URL, port, process). Its log goes to a file (a
+    pipe nobody reads would fill and stall it), and must be free of tracebacks at the end."""
+    from webapp.supervisor import free_port, server_argv
+
+    port = free_port()
+    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "webapp.settings_test", "DATABASE_URL": database_url}
+    for name in drop_env:
+        env.pop(name, None)
+    log = tempfile.NamedTemporaryFile(prefix=f"flotilla-{log_prefix}-server-", suffix=".log", delete=False)
+    process = subprocess.Popen(server_argv("127.0.0.1", port, access_log=False), env=env, cwd=settings.BASE_DIR,
+                               stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    try:
+        while True:
+            try:
+                urllib.request.urlopen(f"{url}/healthz", timeout=1)
+                break
+            except OSError:
+                if process.poll() is not None or time.monotonic() > deadline:
+                    process.kill()
+                    raise RuntimeError(f"the server did not start: {open(log.name, errors='replace').read()[-2000:]}")
+                time.sleep(0.1)
+        yield url, port, process
+    finally:
+        process.terminate()
+        process.wait(10)
+        log.close()
+        output = open(log.name, errors="replace").read()
+        os.unlink(log.name)
+    errors = [marker for marker in SERVER_LOG_ERRORS if marker in output]
+    assert not errors, f"the server logged {errors}:\n{output[-5000:]}"
 
 
 def wait_for(condition, timeout=30.0, interval=0.05, message="condition"):

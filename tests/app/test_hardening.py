@@ -10,7 +10,6 @@ from django.test import Client
 from django.urls import reverse
 
 from ensembles import services
-from ensembles.models import MemberRun
 from tests.conftest import PASSWORD
 
 pytestmark = pytest.mark.django_db

@@ -3,16 +3,11 @@ serving the test database (committed data, hence transactional_db)."""
 
 import os
 import shutil
-import subprocess
-import sys
-import tempfile
-import time
-import urllib.request
 
 import pytest
 from django.conf import settings
 
-from webapp.supervisor import free_port, server_argv
+from tests.conftest import web_server
 
 # Playwright's sync API keeps an event loop running in this thread.
 os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = "true"
@@ -44,45 +39,12 @@ def browser_type_launch_args(browser_type_launch_args):
 
 
 # What a server must never log: an error the app did not handle.
-SERVER_LOG_ERRORS = ("Traceback", "Exception inside application")
-
-
 @pytest.fixture(scope="session")
 def asgi_server(test_database_url):
     """uvicorn on a free loopback port, on the test database; yields its base URL.
-    Its log goes to a file (a pipe nobody reads would fill and stall it), checked at
-    the end for tracebacks."""
-    port = free_port()
-    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "webapp.settings_test", "DATABASE_URL": test_database_url}
-    log = tempfile.NamedTemporaryFile(prefix="flotilla-e2e-server-", suffix=".log", delete=False)
-    process = subprocess.Popen(
-        server_argv("127.0.0.1", port, access_log=False),
-        env=env,
-        cwd=settings.BASE_DIR,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    try:
-        while True:
-            try:
-                urllib.request.urlopen(f"{url}/healthz", timeout=1)
-                break
-            except OSError:
-                if process.poll() is not None or time.monotonic() > deadline:
-                    process.kill()
-                    raise RuntimeError(f"the server did not start: {open(log.name, errors='replace').read()[-2000:]}")
-                time.sleep(0.1)
+    A traceback in its log fails the session (tests.conftest.web_server)."""
+    with web_server(test_database_url, log_prefix="e2e") as (url, _, _):
         yield url
-    finally:
-        process.terminate()
-        process.wait(10)
-        log.close()
-        output = open(log.name, errors="replace").read()
-        os.unlink(log.name)
-    errors = [marker for marker in SERVER_LOG_ERRORS if marker in output]
-    assert not errors, f"the server logged {errors}:\n{output[-5000:]}"
 
 
 @pytest.fixture

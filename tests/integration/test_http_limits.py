@@ -7,8 +7,6 @@ import os
 import re
 import select
 import socket
-import subprocess
-import tempfile
 import threading
 import time
 import urllib.parse
@@ -16,13 +14,11 @@ import urllib.request
 from unittest import mock
 
 import pytest
-from django.conf import settings
 
 from ensembles import services
 from ensembles.models import AttachedFile
-from tests.conftest import PASSWORD
+from tests.conftest import PASSWORD, web_server
 from webapp.http_limits import max_body_bytes
-from webapp.supervisor import free_port, server_argv
 
 MB = 1024 * 1024
 BOUNDARY = "----flotilla-test-boundary"
@@ -30,31 +26,9 @@ BOUNDARY = "----flotilla-test-boundary"
 
 @pytest.fixture(scope="module")
 def web(test_database_url):
-    """The web server on the test database: (base URL, port, pid)."""
-    port = free_port()
-    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "webapp.settings_test", "DATABASE_URL": test_database_url}
-    env.pop("FLOTILLA_MAX_UPLOAD_BYTES", None)  # the default limit, as deployed
-    log = tempfile.NamedTemporaryFile(prefix="flotilla-limits-server-", suffix=".log", delete=False)
-    process = subprocess.Popen(server_argv("127.0.0.1", port, access_log=False), env=env, cwd=settings.BASE_DIR,
-                               stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    try:
-        while True:
-            try:
-                urllib.request.urlopen(f"{url}/healthz", timeout=1)
-                break
-            except OSError:
-                if process.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"the server did not start: {open(log.name, errors='replace').read()[-2000:]}")
-                time.sleep(0.1)
+    """The web server on the test database, with the default upload limit, as deployed: (base URL, port, pid)."""
+    with web_server(test_database_url, log_prefix="limits", drop_env=["FLOTILLA_MAX_UPLOAD_BYTES"]) as (url, port, process):
         yield url, port, process.pid
-    finally:
-        process.terminate()
-        process.wait(10)
-        output = open(log.name, errors="replace").read()
-        os.unlink(log.name)
-    assert "Traceback" not in output and "Exception inside application" not in output, output[-5000:]
 
 
 class RssSampler:
