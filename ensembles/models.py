@@ -58,6 +58,9 @@ class Experiment(models.Model):
     name = models.CharField(max_length=100, validators=[name_validator])
     description = models.TextField(blank=True)
     launcher = models.CharField(max_length=10, choices=Launcher.choices, default=Launcher.LOCAL)
+    # The number of the last run launched: run numbers (and so run folders) are never reused,
+    # even after a run is deleted.
+    run_count = models.PositiveIntegerField(default=0)
     created = models.DateTimeField(auto_now_add=True)
     updated = models.DateTimeField(auto_now=True)
 
@@ -128,6 +131,8 @@ class Ensemble(models.Model):
     tag = models.CharField(max_length=10, default=";")
     # A JSON file each member writes into its directory; its numeric fields are collected on completion.
     results_file = models.CharField(max_length=255, blank=True, validators=[results_file_validator])
+    # Incremented by every save: a form built from an older version is a conflict (services._save).
+    version = models.PositiveIntegerField(default=1)
     created = models.DateTimeField(auto_now_add=True)
     updated = models.DateTimeField(auto_now=True)
 
@@ -204,6 +209,7 @@ class Member(models.Model):
     run_settings = models.JSONField(default=dict, validators=[validate_run_settings])
     batch_settings = models.JSONField(null=True, blank=True, validators=[validate_batch_settings])
     key_prefixing = models.BooleanField(default=False)  # SmartSim's default for create_model
+    version = models.PositiveIntegerField(default=1)  # as Ensemble.version
     created = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -321,6 +327,12 @@ class Run(models.Model):
     experiment = models.ForeignKey(Experiment, on_delete=models.CASCADE, related_name="runs")
     number = models.PositiveIntegerField()  # 1, 2, ... within the experiment
     launcher = models.CharField(max_length=10, choices=Launcher.choices)
+    # The ensembles and models it launched, by name: runs active at once share none.
+    entities = models.JSONField(default=list)
+    # Its members' folders are under it ("" for runs made before it was recorded).
+    folder = models.CharField(max_length=4096, blank=True)
+    # Set by a delete: the run is hidden, and a task removes its folders and rows.
+    deleting = models.BooleanField(default=False)
     concurrency = models.PositiveIntegerField(null=True, blank=True)  # local: members at once; None = CPUs
     # Attached files per ensemble/model name, frozen at launch: {"<entity>": {"copy": [...], ..., "tag": ";"}}
     generation = models.JSONField(default=dict)
