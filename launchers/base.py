@@ -67,6 +67,7 @@ class JobStatus:
     ended: float | None = None
     error: str | None = None  # why the job could not start, or what the user should know about its end
     results: dict[str, float] | None = None  # the numeric fields of its results file, once it completed
+    reason: str | None = None  # why a queued job waits (a scheduler's pending reason, e.g. "Resources")
 
     def to_dict(self) -> dict:
         """The state and the fields that are set (written for every event: kept cheap)."""
@@ -85,6 +86,7 @@ class JobStatus:
             ended=data.get("ended"),
             error=data.get("error"),
             results=data.get("results"),
+            reason=data.get("reason"),
         )
 
 

@@ -5,6 +5,7 @@ tests/conftest.py, shared with the browser tests."""
 import pytest
 from django.conf import settings
 
+from tests.integration.conftest_slurm import slurm_cluster  # noqa: F401  (a private Slurm, for the tests that use it)
 from webapp.supervisor import redis_answers
 
 

@@ -1,0 +1,742 @@
+"""Slurm launcher: one batch job per member. Plain Python: no Django.
+
+Pure builders (sbatch argv, batch script text, srun argv), pure parsers of
+Slurm's output, a state map to JobState, and a thin ``SlurmLauncher`` that runs
+the commands (argv lists, the script on stdin, never a shell string).
+
+Formatting follows SmartSim's ``SrunSettings``/``SbatchSettings`` (``--opt=val``,
+``--flag``, ``-x val``; a one-letter batch arg is ``#SBATCH -N 3``) without its
+faults: values are quoted, 0 is a value, keys given with dashes are stripped, and
+the options Flotilla sets (job name, output, error, working folder, comment)
+cannot be overridden. Facts about Slurm's behaviour: ../shared/SLURM.md.
+
+A member's job script is a small wrapper: it records the member's start and its
+exit status in a status file next to its output (``<stdout>.status``, JSON
+lines with the member's key), so its result is known after Slurm forgets the
+job (``MinJobAge``). ``sacct`` is not used: it needs slurmdbd.
+
+The run's work folder holds ``slurm.journal``, the source of truth for which
+member went out as which job: a JSON line before each sbatch (intent), one with
+the job id after it, one per cancel. A retried submit skips what the journal
+knows, and for an intent without a job id (the submitter died in between) asks
+squeue for a job whose comment carries the member's key before submitting again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import re
+import shlex
+import subprocess
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .base import JobSpec, JobState, JobStatus, Launcher, LauncherError, collect_results, run_hook
+from .local import member_base_env
+
+JOURNAL_FILE = "slurm.journal"
+LOCK_FILE = "slurm.lock"
+STATUS_SUFFIX = ".status"
+COMMENT_PREFIX = "flotilla:"
+COMMAND_TIMEOUT = 30.0
+IDS_PER_CALL = 5000  # job ids per squeue/scancel argv: one argument may not pass 128 KiB
+
+# squeue -O fields with an explicit separator ("Field:|"), so that nothing is split on
+# whitespace and nothing is truncated. The free-text field goes last.
+SQUEUE_FIELDS = ("JobArrayID", "State", "exit_code", "StartTime", "EndTime", "Reason")
+LOOKUP_FIELDS = ("JobArrayID", "Comment")
+
+# Options Flotilla sets itself (on sbatch's command line, which wins over #SBATCH lines) and
+# those that would change what a submission is: long name -> (one-letter name, why not).
+SBATCH_RESERVED: Reserved = {
+    "job-name": ("J", "Flotilla names the job after the member"),
+    "output": ("o", "Flotilla chooses the member's output file"),
+    "error": ("e", "Flotilla chooses the member's error file"),
+    "chdir": ("D", "the job runs in the member's folder"),
+    "workdir": (None, "the job runs in the member's folder"),
+    "comment": (None, "Flotilla's comment carries the member's key"),
+    "parsable": (None, "Flotilla reads sbatch's output itself"),
+    "wrap": (None, "Flotilla writes the job script"),
+    "array": ("a", "Flotilla makes job arrays itself"),
+    "wait": ("W", "a submission must not wait for the job"),
+    "test-only": (None, "nothing would be submitted"),
+}
+Reserved = Mapping[str, tuple[str | None, str]]
+SRUN_RESERVED: Reserved = {
+    "chdir": ("D", "the step runs in the member's folder"),
+    "output": ("o", "Flotilla chooses the member's output file"),
+    "error": ("e", "Flotilla chooses the member's error file"),
+}
+# One-letter aliases of the batch settings' own fields (a field given twice is refused).
+BATCH_ALIASES = {"N": "nodes", "t": "time", "A": "account", "p": "partition"}
+RESOURCE_KEYS = ("nodes", "time", "account", "queue", "batch_args")
+
+_OPTION = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_DIRECTIVE_SAFE = re.compile(r"[A-Za-z0-9_@%+=:,./-]+")
+_JOB_ID = re.compile(r"\d+(_\d+)?")
+
+
+class SlurmOptionError(LauncherError):
+    """An option cannot be given to Slurm as it is; the message says why."""
+
+
+# --- builders ---------------------------------------------------------------------------
+
+
+def option_name(key: str, *, reserved: Reserved = SBATCH_RESERVED) -> str:
+    """The option's name without leading dashes; refuses bad names and reserved options."""
+    if not isinstance(key, str):
+        raise SlurmOptionError(f"option names must be text, not {key!r}")
+    name = key.lstrip("-")
+    if not _OPTION.fullmatch(name):
+        raise SlurmOptionError(f"{key!r} is not an option name (letters, digits, _ . -)")
+    if len(name) == 1:
+        taken = [long for long, (short, _) in reserved.items() if short == name]
+    else:
+        taken = [long for long in reserved if long.startswith(name)]  # --out is --output to getopt
+    if taken:
+        raise SlurmOptionError(f"--{taken[0]} cannot be given ({key!r}): {reserved[taken[0]][1]}")
+    return name
+
+
+def _option_value(name: str, value: Any) -> str | None | bool:
+    """The text of an option's value; None for a bare flag; False to leave it out."""
+    if value is None or value is True:
+        return None
+    if value is False:
+        return False
+    if isinstance(value, (int, float)):
+        return str(value)
+    if not isinstance(value, str):
+        raise SlurmOptionError(f"--{name} must have a text or number value, or none for a flag")
+    if value == "":
+        raise SlurmOptionError(f"--{name} has an empty value: give a value, or none for a flag")
+    if any(char in value for char in "\n\r\x00"):
+        raise SlurmOptionError(f"--{name}: a value cannot contain line breaks")
+    return value
+
+
+def _options(options: Mapping[str, Any], reserved: Reserved) -> list[tuple[str, str | None]]:
+    """(name, value) pairs in the given order; value None: a flag. False drops the option."""
+    pairs = []
+    for key, value in options.items():
+        name = option_name(key, reserved=reserved)
+        text = _option_value(name, value)
+        if text is not False:
+            pairs.append((name, text))
+    return pairs
+
+
+def format_run_args(run_args: Mapping[str, Any], *, reserved: Reserved = SRUN_RESERVED) -> list[str]:
+    """srun's argv items, SmartSim-style: ``--opt=val``, ``--flag``, ``-x val``, ``-x``."""
+    argv: list[str] = []
+    for name, value in _options(run_args, reserved):
+        if len(name) == 1:
+            argv.extend([f"-{name}"] if value is None else [f"-{name}", value])
+        else:
+            argv.append(f"--{name}" if value is None else f"--{name}={value}")
+    return argv
+
+
+def quote_directive(value: str) -> str:
+    """A value as sbatch reads it from an ``#SBATCH`` line: it splits on blanks, takes
+    "..." and '...' as quotes, a backslash as an escape (inside quotes too), an
+    unquoted # as a comment, and expands nothing."""
+    if _DIRECTIVE_SAFE.fullmatch(value):
+        return value
+    escaped = value.replace("\\", "\\\\").replace('"', '\\"')
+    return f'"{escaped}"'
+
+
+def format_batch_directives(batch_args: Mapping[str, Any], *, reserved: Reserved = SBATCH_RESERVED) -> list[str]:
+    """``#SBATCH`` lines: ``--opt=val``, ``--flag``, ``-N 3`` (one line each)."""
+    lines = []
+    for name, value in _options(batch_args, reserved):
+        if len(name) == 1:
+            text = f"-{name}" if value is None else f"-{name} {quote_directive(value)}"
+        else:
+            text = f"--{name}" if value is None else f"--{name}={quote_directive(value)}"
+        lines.append(f"#SBATCH {text}")
+    return lines
+
+
+def batch_options(resources: Mapping[str, Any]) -> dict[str, Any]:
+    """A job's batch settings (nodes, time, account, queue, batch_args) as sbatch options,
+    in SmartSim 0.8's order: batch_args, then nodes, partition, time, account."""
+    unknown = set(resources) - set(RESOURCE_KEYS)
+    if unknown:
+        raise SlurmOptionError(f"unknown batch setting(s): {', '.join(sorted(unknown))}")
+    options: dict[str, Any] = {}
+    for key, value in (resources.get("batch_args") or {}).items():
+        name = option_name(key)
+        options[BATCH_ALIASES.get(name, name)] = (key, value)  # keyed by long name to find one given twice
+    for field, name in (("nodes", "nodes"), ("queue", "partition"), ("time", "time"), ("account", "account")):
+        value = resources.get(field)
+        if value in (None, ""):
+            continue
+        if name in options:
+            raise SlurmOptionError(f"--{name} is given twice: as {field} and in batch_args ({options[name][0]!r})")
+        options[name] = (name, value)
+    return dict(options.values())
+
+
+def slurm_filename(path: str) -> str:
+    """A path for --output/--error: sbatch reads % as a pattern (%j...), %% as %
+    (with a backslash in it, sbatch expands no pattern at all)."""
+    return path if "\\" in path else path.replace("%", "%%")
+
+
+def _argv_value(name: str, value: str) -> str:
+    if not value or any(char in value for char in "\n\r\x00"):
+        raise SlurmOptionError(f"--{name} must be a single line of text, not {value!r}")
+    return value
+
+
+def sbatch_argv(*, job_name: str, output: str, error: str, chdir: str, comment: str) -> list[str]:
+    """``sbatch --parsable`` with the options Flotilla sets; the script comes on stdin.
+    On the command line they win over any #SBATCH line of the script."""
+    return [
+        "sbatch",
+        "--parsable",
+        f"--job-name={_argv_value('job-name', job_name)}",
+        f"--output={slurm_filename(_argv_value('output', output))}",
+        f"--error={slurm_filename(_argv_value('error', error))}",
+        f"--chdir={_argv_value('chdir', chdir)}",
+        f"--comment={_argv_value('comment', comment)}",
+    ]
+
+
+def srun_argv(command: Sequence[str], run_args: Mapping[str, Any] | None = None, *, exact: bool = True) -> list[str]:
+    """A step of an allocation; ``--exact`` so that steps run side by side."""
+    return ["srun", *(["--exact"] if exact else []), *format_run_args(run_args or {}), *command]
+
+
+def batch_script(*, directives: Sequence[str], body: str) -> str:
+    return "#!/bin/bash\n" + "".join(f"{line}\n" for line in directives) + body
+
+
+MEMBER_WRAPPER = r"""# Flotilla: the member's start and exit status go to its status file (its result is
+# known after Slurm forgets the job).
+flotilla_status=@STATUS@
+flotilla_record() {
+  printf '{"key":%s,"job_id":"%s",%s}\n' @KEY@ "${SLURM_JOB_ID-}" "$1"
+}
+flotilla_record "\"started\":$(date +%s.%N)" > "$flotilla_status"
+flotilla_terminated=false
+trap 'flotilla_terminated=true' TERM
+(
+  cd -- @CWD@ || exit 1
+@EXPORTS@  exec @ARGV@
+)
+flotilla_rc=$?
+flotilla_record "\"ended\":$(date +%s.%N),\"returncode\":$flotilla_rc,\"terminated\":$flotilla_terminated" \
+  >> "$flotilla_status"
+exit $flotilla_rc
+"""
+
+
+def member_script(*, key: str, argv: Sequence[str], cwd: str, env: Mapping[str, str], status_file: str,
+                  directives: Sequence[str] = ()) -> str:
+    """The job script of one member: records its start, runs it in its folder with its
+    environment, records its exit status, and exits with it.
+
+    The member runs in the foreground: on scancel or a time limit Slurm sends SIGTERM to
+    every process of the job; the trap keeps the wrapper alive until the member is gone,
+    so its status is still written."""
+    if not argv:
+        raise SlurmOptionError("the member has no command")
+    for name in env:
+        if not _ENV_NAME.fullmatch(name):
+            raise SlurmOptionError(f"{name!r} is not a valid environment variable name")
+    values = {
+        "STATUS": shlex.quote(status_file),
+        "KEY": shlex.quote(json.dumps(str(key))),
+        "CWD": shlex.quote(cwd),
+        "EXPORTS": "".join(f"  export {name}={shlex.quote(str(value))}\n" for name, value in env.items()),
+        "ARGV": shlex.join(argv),
+    }
+    body = re.sub(r"@([A-Z]+)@", lambda match: values[match.group(1)], MEMBER_WRAPPER)  # one pass: values stay as they are
+    return batch_script(directives=list(directives), body=body)
+
+
+def status_file(job: JobSpec) -> str:
+    return _output_path(job, job.stdout, ".out") + STATUS_SUFFIX
+
+
+def _output_path(job: JobSpec, path: str, suffix: str) -> str:
+    """Absolute (Slurm reads relative paths from the job's folder, the status file is read from here)."""
+    return str(Path(job.cwd, path or f"{job.name}{suffix}"))
+
+
+# --- parsers ----------------------------------------------------------------------------
+
+
+def parse_sbatch_id(stdout: str) -> tuple[str, str | None]:
+    """``sbatch --parsable`` prints ``jobid`` or ``jobid;cluster``."""
+    lines = [line.strip() for line in stdout.splitlines() if line.strip()]
+    if lines:
+        job_id, _, cluster = lines[-1].partition(";")
+        if job_id.isdigit():
+            return job_id, cluster or None
+    raise LauncherError(f"sbatch printed no job id: {stdout.strip()!r}")
+
+
+@dataclass
+class QueueRow:
+    job_id: str  # 1234, or 1234_5 for an array task
+    state: str
+    exit_status: int | None = None  # a wait status (code << 8 | signal), as squeue -O exit_code prints it
+    start: str = ""
+    end: str = ""
+    reason: str = ""
+
+
+def squeue_format(fields: Sequence[str] = SQUEUE_FIELDS, separator: str = "|") -> str:
+    return ",".join(f"{field}:{separator}" for field in fields)
+
+
+def parse_squeue(text: str, fields: Sequence[str] = SQUEUE_FIELDS, separator: str = "|") -> dict[str, QueueRow]:
+    """squeue lines (``-h``, fields joined by ``separator``, the free text last) by job id.
+    Collapsed array tasks (``1234_[5-9%2]``, without ``-r``) are expanded."""
+    rows: dict[str, QueueRow] = {}
+    for line in text.splitlines():
+        if not line.strip():
+            continue
+        parts = line.split(separator, len(fields) - 1)
+        if len(parts) < len(fields):
+            raise LauncherError(f"unexpected squeue line: {line!r}")
+        if parts[-1].endswith(separator):  # -O writes the separator after every field
+            parts[-1] = parts[-1][: -len(separator)]
+        values = dict(zip(fields, (part.strip() for part in parts)))
+        state = values.get("State", "").split(" ", 1)[0]  # "CANCELLED by 0" in some versions
+        exit_status = values.get("exit_code", "")
+        for job_id in expand_job_ids(values.get("JobArrayID") or values.get("JobID", "")):
+            rows[job_id] = QueueRow(
+                job_id=job_id,
+                state=state,
+                exit_status=int(exit_status) if exit_status.isdigit() else None,
+                start=values.get("StartTime", ""),
+                end=values.get("EndTime", ""),
+                reason=values.get("Reason", ""),
+            )
+    return rows
+
+
+def expand_job_ids(text: str) -> list[str]:
+    """``1234`` -> [1234]; ``1234_5`` -> [1234_5]; ``1234_[1-3,7%2]`` -> [1234_1, 1234_2, 1234_3, 1234_7]."""
+    match = re.fullmatch(r"(\d+)_\[([0-9,\-]+)(?:%\d+)?\]", text)
+    if not match:
+        if not _JOB_ID.fullmatch(text):
+            raise LauncherError(f"unexpected job id from squeue: {text!r}")
+        return [text]
+    job, ranges = match.groups()
+    ids = []
+    for part in ranges.split(","):
+        first, _, last = part.partition("-")
+        ids.extend(f"{job}_{task}" for task in range(int(first), int(last or first) + 1))
+    return ids
+
+
+def parse_lookup(text: str) -> dict[str, str]:
+    """``squeue -O JobArrayID:|,Comment:|``: the member key in each Flotilla job's comment -> job id."""
+    found = {}
+    for line in text.splitlines():
+        job_id, _, comment = line.partition("|")
+        comment = comment[:-1] if comment.endswith("|") else comment
+        if comment.startswith(COMMENT_PREFIX) and _JOB_ID.fullmatch(job_id.strip()):
+            found[comment[len(COMMENT_PREFIX):]] = job_id.strip()
+    return found
+
+
+def parse_exit_code(text: str) -> tuple[int, int]:
+    """``scontrol show job``'s ``ExitCode=<code>:<signal>``."""
+    match = re.fullmatch(r"(\d+):(\d+)", text.strip())
+    if not match:
+        raise LauncherError(f"unexpected exit code {text!r}")
+    return int(match.group(1)), int(match.group(2))
+
+
+def parse_scontrol_job(text: str) -> dict[str, str]:
+    """The fields of ``scontrol show job ID`` (one job) that the launcher reads:
+    JobId, JobState, Reason, ExitCode, StartTime, EndTime. The job name and the
+    other free-text fields are left out (a name could hold ``ExitCode=``)."""
+    text = re.sub(r"JobName=.*?(?=\s+UserId=)", "", text, count=1, flags=re.DOTALL)
+    fields = {}
+    for key in ("JobId", "JobState", "ExitCode", "StartTime", "EndTime"):
+        match = re.search(rf"(?:^|\s){key}=(\S+)", text)
+        if match:
+            fields[key] = match.group(1)
+    reason = re.search(r"(?:^|\s)Reason=(.*?)\s+Dependency=", text)
+    if reason:
+        fields["Reason"] = reason.group(1)
+    return fields
+
+
+def parse_scontrol_config(text: str) -> dict[str, str]:
+    """``scontrol show config``: ``Name = value`` lines."""
+    config = {}
+    for line in text.splitlines():
+        name, separator, value = line.partition("=")
+        if separator and re.fullmatch(r"[A-Za-z][A-Za-z0-9_]*", name.strip()):
+            config[name.strip()] = value.strip()
+    return config
+
+
+def site_limits(config_text: str) -> dict[str, int]:
+    """MaxArraySize and MaxJobCount from ``scontrol show config`` (Slurm's defaults when absent)."""
+    config = parse_scontrol_config(config_text)
+    limits = {"MaxArraySize": 1001, "MaxJobCount": 10000}
+    for name in limits:
+        value = config.get(name, "")
+        if value.isdigit():
+            limits[name] = int(value)
+    return limits
+
+
+def _timestamp(text: str) -> float | None:
+    """squeue's local time (2026-12-01T10:00:00); N/A, NONE, Unknown -> None."""
+    try:
+        return time.mktime(time.strptime(text, "%Y-%m-%dT%H:%M:%S"))
+    except (ValueError, OverflowError):
+        return None
+
+
+# --- the state map ----------------------------------------------------------------------
+
+QUEUED_STATES = {"PENDING", "REQUEUED", "REQUEUE_FED", "REQUEUE_HOLD", "RESV_DEL_HOLD", "SPECIAL_EXIT"}
+RUNNING_STATES = {"RUNNING", "CONFIGURING", "COMPLETING", "STAGE_OUT", "SIGNALING", "RESIZING",
+                  "SUSPENDED", "STOPPED"}
+# Final states: the JobState and what the user should know about the end.
+ENDED_STATES = {
+    "COMPLETED": (JobState.COMPLETED, None),
+    "FAILED": (JobState.FAILED, None),
+    "CANCELLED": (JobState.CANCELLED, None),
+    "TIMEOUT": (JobState.FAILED, "time limit"),
+    "OUT_OF_MEMORY": (JobState.FAILED, "out of memory"),
+    "NODE_FAIL": (JobState.FAILED, "node failure"),
+    "PREEMPTED": (JobState.FAILED, "preempted by the scheduler"),
+    "BOOT_FAIL": (JobState.FAILED, "its node failed to boot"),
+    "DEADLINE": (JobState.FAILED, "deadline reached before it ended"),
+    "REVOKED": (JobState.CANCELLED, "revoked (it ran on another cluster of the federation)"),
+}
+QUEUED_REASONS = {"REQUEUED": "requeued", "REQUEUE_FED": "requeued", "REQUEUE_HOLD": "requeued and held",
+                  "RESV_DEL_HOLD": "held: its reservation was deleted", "SPECIAL_EXIT": "held after a special exit"}
+
+
+def exit_code_and_signal(code: int, signal: int) -> tuple[int | None, int | None]:
+    """(returncode, signal), one of them None. The job script is a bash wrapper, which
+    exits 128 + n when its member was killed by signal n."""
+    if signal:
+        return None, signal
+    if 128 < code <= 128 + 64:
+        return None, code - 128
+    return code, None
+
+
+def job_status(row: QueueRow | None) -> JobStatus | None:
+    """A squeue row as a JobStatus; None for a job the scheduler does not know (the
+    caller decides: a status file, or Lost)."""
+    if row is None:
+        return None
+    state = row.state
+    reason = None if row.reason in ("", "None", "(null)") else row.reason
+    if state in QUEUED_STATES:
+        return JobStatus(JobState.QUEUED, job_id=row.job_id, reason=reason or QUEUED_REASONS.get(state))
+    if state in RUNNING_STATES:
+        note = state.lower() if state in ("SUSPENDED", "STOPPED") else None
+        return JobStatus(JobState.RUNNING, job_id=row.job_id, started=_timestamp(row.start), reason=note)
+    if state in ENDED_STATES:
+        job_state, error = ENDED_STATES[state]
+        code, signal = (None, None) if row.exit_status is None else exit_code_and_signal(
+            (row.exit_status >> 8) & 0xFF, row.exit_status & 0x7F)
+        return JobStatus(
+            job_state,
+            job_id=row.job_id,
+            returncode=code,
+            signal=signal,
+            # a job cancelled while it was pending has its cancel time as StartTime
+            started=_timestamp(row.start) if job_state != JobState.CANCELLED else None,
+            ended=_timestamp(row.end),
+            error=error,
+        )
+    return JobStatus(JobState.QUEUED, job_id=row.job_id, reason=f"Slurm state {state}")
+
+
+def read_status_file(path: str, key: str) -> dict[str, Any]:
+    """What a member's wrapper recorded: {"job_id", "started", "ended", "returncode"}
+    (the lines of ``key`` only: a folder may hold an earlier run's file)."""
+    found: dict[str, Any] = {}
+    try:
+        with open(path, errors="replace") as handle:
+            lines = handle.read(1024 * 1024).splitlines()
+    except OSError:
+        return found
+    for line in lines:
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict) and record.get("key") == key:
+            found.update(record)
+    return found
+
+
+def status_from_file(record: Mapping[str, Any], *, job_id: str | None, cancelled: bool) -> JobStatus | None:
+    """The end a status file records; None if it records no end. A member that Slurm sent
+    SIGTERM was cancelled (if Flotilla cancelled it) or stopped by Slurm, whatever its exit."""
+    if "ended" not in record or not isinstance(record.get("returncode"), int):
+        return None
+    returncode, signal = exit_code_and_signal(record["returncode"], 0)
+    error = None
+    if record.get("terminated") is True or (cancelled and signal is not None):
+        state = JobState.CANCELLED if cancelled else JobState.FAILED
+        if not cancelled:
+            error = "stopped by Slurm (a time limit, preemption or an operator)"
+    else:
+        state = JobState.COMPLETED if record["returncode"] == 0 else JobState.FAILED
+    return JobStatus(state, job_id=job_id, returncode=returncode, signal=signal,
+                     started=record.get("started"), ended=record.get("ended"), error=error)
+
+
+# --- the launcher -----------------------------------------------------------------------
+
+
+class SlurmLauncher(Launcher):
+    """Members as Slurm batch jobs, one each, on the cluster that ``env`` points at
+    (``SLURM_CONF``). ``command_prefix`` (e.g. ``["sudo", "-n", "-u", account, "--"]``)
+    runs every Slurm command as another account; the environment then goes through
+    ``env`` after the prefix, since sudo resets it."""
+
+    name = "slurm"
+
+    def __init__(
+        self,
+        *,
+        work_dir: str | os.PathLike,
+        env: Mapping[str, str] | None = None,
+        base_env: Mapping[str, str] | None = None,
+        command_prefix: Sequence[str] = (),
+        timeout: float = COMMAND_TIMEOUT,
+    ):
+        self.work_dir = Path(work_dir)
+        # sbatch gives the jobs its own environment: the server's without its secrets, by default
+        self.command_env = {**(member_base_env() if base_env is None else base_env), **(env or {})}
+        self.command_prefix = list(command_prefix)
+        self.timeout = timeout
+        self._journal_offset = 0
+        self._records: dict[str, dict[str, Any]] = {}
+
+    # --- commands --------------------------------------------------------------
+
+    def run_command(self, argv: list[str], *, input: str | None = None) -> subprocess.CompletedProcess:
+        program = argv[0]
+        if self.command_prefix:
+            argv = [*self.command_prefix, "env", *(f"{k}={v}" for k, v in self.command_env.items()), *argv]
+        try:
+            return subprocess.run(argv, input=input, env=self.command_env, capture_output=True, text=True,
+                                  timeout=self.timeout)
+        except subprocess.TimeoutExpired:
+            raise LauncherError(f"{program} did not answer within {self.timeout:g} s") from None
+        except OSError as error:
+            raise LauncherError(f"cannot run {argv[0]}: {error.strerror}") from None
+
+    def _check(self, result: subprocess.CompletedProcess, what: str) -> subprocess.CompletedProcess:
+        if result.returncode:
+            output = result.stderr.strip() or result.stdout.strip()
+            raise LauncherError(f"{what} failed (exit {result.returncode}): {output}")
+        return result
+
+    # --- the journal -----------------------------------------------------------
+
+    def records(self) -> dict[str, dict[str, Any]]:
+        """Every key's journal entries merged (what was appended since the last call is read)."""
+        try:
+            with open(self.work_dir / JOURNAL_FILE, "rb") as journal:
+                journal.seek(self._journal_offset)
+                data = journal.read()
+        except FileNotFoundError:
+            return self._records
+        complete = data.rfind(b"\n") + 1  # a line being written is read next time
+        for line in data[:complete].splitlines():
+            try:
+                entry = json.loads(line)
+                self._records.setdefault(str(entry.pop("key")), {}).update(entry)
+            except (ValueError, KeyError, AttributeError):
+                continue
+        self._journal_offset += complete
+        return self._records
+
+    def _append(self, journal, entries: Iterable[dict[str, Any]]) -> None:
+        journal.write("".join(json.dumps(entry, separators=(",", ":")) + "\n" for entry in entries))
+        journal.flush()  # in the kernel's hands before the next command: a dead submitter loses nothing
+
+    @contextlib.contextmanager
+    def _journal(self):
+        """The journal for appending, with the run's lock held (one submitter or canceller at a time)."""
+        self.work_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.work_dir / LOCK_FILE, "a") as lock, open(self.work_dir / JOURNAL_FILE, "a") as journal:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                yield journal
+            finally:
+                os.fsync(journal.fileno())
+
+    # --- submitting --------------------------------------------------------------
+
+    def job_command(self, job: JobSpec) -> tuple[list[str], str]:
+        """The sbatch argv and the job script for one member."""
+        script = member_script(
+            key=job.key, argv=job.argv, cwd=job.cwd, env=job.env, status_file=status_file(job),
+            directives=format_batch_directives(batch_options(job.resources)),
+        )
+        argv = sbatch_argv(job_name=job.name, output=_output_path(job, job.stdout, ".out"),
+                           error=_output_path(job, job.stderr, ".err"), chdir=job.cwd,
+                           comment=f"{COMMENT_PREFIX}{job.key}")
+        return argv, script
+
+    def submit(self, jobs: list[JobSpec], *, group: str, concurrency: int | None = None) -> None:
+        """One sbatch per member not submitted yet. ``concurrency`` is left to Slurm's
+        scheduler (per-member jobs; arrays, with their %N throttle, come later)."""
+        if not jobs:
+            return
+        commands = {job.key: self.job_command(job) for job in jobs}  # a bad option refuses all, before any sbatch
+        with self._journal() as journal:
+            for job in self._unsubmitted(jobs, journal):
+                if job.prepare:
+                    try:
+                        run_hook(job.prepare)
+                    except Exception as error:  # the member's failure, told to the user
+                        now = time.time()
+                        self._append(journal, [{"key": job.key, "failed": f"could not prepare the job: {error}",
+                                                "ended": now}])
+                        continue
+                argv, script = commands[job.key]
+                self._append(journal, [{"key": job.key, "submitting": time.time()}])
+                result = self._check(self.run_command(argv, input=script), f"sbatch of {job.name}")
+                job_id, cluster = parse_sbatch_id(result.stdout)
+                self._append(journal, [{"key": job.key, "job_id": job_id, "cluster": cluster, "cwd": job.cwd,
+                                        "status_file": status_file(job), "results_file": job.results_file}])
+
+    def _unsubmitted(self, jobs: list[JobSpec], journal) -> list[JobSpec]:
+        """The jobs that have no Slurm job yet; an intent without a job id is looked up first
+        (and the job id found is recorded)."""
+        records = self.records()
+        todo = [job for job in jobs if not {"job_id", "cancelled", "failed"} & set(records.get(job.key, {}))]
+        in_doubt = [job for job in todo if "submitting" in records.get(job.key, {})]
+        if not in_doubt:
+            return todo
+        found = self.find_submitted(in_doubt)
+        self._append(journal, [{"key": job.key, "job_id": found[job.key], "cwd": job.cwd,
+                                "status_file": status_file(job), "results_file": job.results_file}
+                               for job in in_doubt if job.key in found])
+        return [job for job in todo if job.key not in found]
+
+    def find_submitted(self, jobs: list[JobSpec]) -> dict[str, str]:
+        """Job ids of members submitted earlier, by key: from squeue (by name, then the
+        comment that carries the key), else from the status file a started job wrote."""
+        names = sorted({job.name for job in jobs})
+        argv = ["squeue", "-h", "-t", "all", "-O", squeue_format(LOOKUP_FIELDS)]
+        if not any("," in name for name in names):  # --name takes a comma-separated list
+            argv.append(f"--name={','.join(names)}")
+        found = parse_lookup(self._check(self.run_command(argv), "squeue").stdout)
+        result = {}
+        for job in jobs:
+            if job.key in found:
+                result[job.key] = found[job.key]
+            else:
+                recorded = read_status_file(status_file(job), job.key).get("job_id")
+                if isinstance(recorded, str) and _JOB_ID.fullmatch(recorded):
+                    result[job.key] = recorded
+        return result
+
+    def unstarted(self, jobs: list[JobSpec]) -> list[JobSpec]:
+        """The jobs that have no Slurm job (safe to generate and submit)."""
+        with self._journal() as journal:
+            return self._unsubmitted(jobs, journal)
+
+    # --- observing ---------------------------------------------------------------
+
+    def status(self, keys: list[str]) -> dict[str, JobStatus]:
+        """One squeue call for all the job ids (one per IDS_PER_CALL ids); for a job squeue no
+        longer knows, the member's status file, then ``scontrol show job``; else Lost."""
+        records = self.records()
+        result: dict[str, JobStatus] = {}
+        by_job: dict[str, str] = {}
+        for key in keys:
+            record = records.get(key, {})
+            if "job_id" in record:
+                by_job[record["job_id"]] = key
+            elif "failed" in record:
+                result[key] = JobStatus(JobState.FAILED, error=record["failed"], ended=record.get("ended"))
+            elif "cancelled" in record:
+                result[key] = JobStatus(JobState.CANCELLED, ended=record["cancelled"])
+            else:
+                result[key] = JobStatus(JobState.QUEUED)  # not submitted yet
+        rows = self.queue(list(by_job))
+        for job_id, key in by_job.items():
+            record = records[key]
+            status = job_status(rows.get(job_id))
+            if status is None or status.state.terminal:
+                status = self._ended(key, job_id, record, status)
+            if status.state == JobState.COMPLETED and record.get("results_file"):
+                status.results = collect_results(record["cwd"], record["results_file"])
+            result[key] = status
+        return result
+
+    def queue(self, job_ids: list[str]) -> dict[str, QueueRow]:
+        """squeue's rows for the ids; ids it does not know are missing."""
+        rows: dict[str, QueueRow] = {}
+        for start in range(0, len(job_ids), IDS_PER_CALL):
+            chunk = job_ids[start : start + IDS_PER_CALL]
+            result = self.run_command(["squeue", "-h", "-r", "-t", "all", "-j", ",".join(chunk),
+                                       "-O", squeue_format()])
+            if result.returncode and "Invalid job id" in result.stderr:
+                continue  # none of them is known (asked with known ids, the unknown are just missing)
+            rows.update(parse_squeue(self._check(result, "squeue").stdout))
+        return rows
+
+    def _ended(self, key: str, job_id: str, record: dict[str, Any], status: JobStatus | None) -> JobStatus:
+        """A finished job: the scheduler's word completed with the member's status file;
+        one the scheduler forgot: the status file, else scontrol, else Lost."""
+        recorded = read_status_file(record.get("status_file", ""), key)
+        if status is not None:
+            status.started = recorded.get("started", status.started)
+            status.ended = recorded.get("ended", status.ended)
+            return status
+        from_file = status_from_file(recorded, job_id=job_id, cancelled="cancelled" in record)
+        if from_file is not None:
+            return from_file
+        fields = parse_scontrol_job(self.run_command(["scontrol", "show", "job", job_id]).stdout)
+        if "JobState" in fields:
+            known = job_status(QueueRow(job_id, fields["JobState"], start=fields.get("StartTime", ""),
+                                        end=fields.get("EndTime", ""), reason=fields.get("Reason", "")))
+            if known.state.terminal:
+                known.returncode, known.signal = exit_code_and_signal(*parse_exit_code(fields.get("ExitCode", "0:0")))
+            return known
+        return JobStatus(JobState.LOST, job_id=job_id, started=recorded.get("started"), ended=time.time(),
+                         error=f"Slurm no longer knows job {job_id} and it left no exit status")
+
+    # --- cancelling -----------------------------------------------------------------
+
+    def cancel(self, jobs: list[JobSpec], *, group: str) -> None:
+        """Recorded first (a later submit skips them), then one scancel for their jobs."""
+        if not jobs:
+            return
+        with self._journal() as journal:
+            self._unsubmitted(jobs, journal)  # an intent in doubt: find its job, to cancel it too
+            now = time.time()
+            self._append(journal, [{"key": job.key, "cancelled": now} for job in jobs])
+            records = self.records()
+            job_ids = [records[job.key]["job_id"] for job in jobs if "job_id" in records.get(job.key, {})]
+        for start in range(0, len(job_ids), IDS_PER_CALL):
+            self._check(self.run_command(["scancel", *job_ids[start : start + IDS_PER_CALL]]), "scancel")
+
+    def runner_alive(self) -> bool:
+        return True  # the scheduler is the runner
