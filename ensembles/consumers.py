@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import codecs
+import contextlib
 import json
+import logging
 import os
 import time
 
+import redis
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.http import Http404
@@ -22,6 +25,9 @@ TAIL_BYTES = 64 * 1024  # sent on open
 CHUNK_BYTES = 256 * 1024  # at most per message while following
 FOLLOW_INTERVAL = 0.25
 CLOSE_FORBIDDEN = 4403
+CLOSE_TRY_AGAIN_LATER = 1013  # the page's ws extension reconnects after it (and 1006, 1011, 1012)
+
+log = logging.getLogger("flotilla.realtime")
 
 
 @database_sync_to_async
@@ -43,6 +49,17 @@ def _visible_member(user, pk):
 class RunConsumer(AsyncWebsocketConsumer):
     """Live updates of one run: counts and changed rows, pushed by the monitor, and on
     each (re)connect what the page missed."""
+
+    async def __call__(self, scope, receive, send):
+        """Without Redis (the channel layer and the watchers live there) the socket closes,
+        "try again later": the page reconnects by itself and catches up once Redis is back."""
+        try:
+            await super().__call__(scope, receive, send)
+        except redis.RedisError as error:
+            log.warning("closing a run socket: Redis is unreachable (%s)", error)
+            await self.disconnect(CLOSE_TRY_AGAIN_LATER)
+            with contextlib.suppress(OSError):  # the page went meanwhile
+                await self.close(code=CLOSE_TRY_AGAIN_LATER)
 
     async def connect(self):
         user = self.scope["user"]
@@ -71,10 +88,14 @@ class RunConsumer(AsyncWebsocketConsumer):
         await self.send(text_data=await database_sync_to_async(realtime.run_catch_up_html)(self.run_id, since))
 
     async def disconnect(self, code):
-        if hasattr(self, "group"):
+        if hasattr(self, "heartbeat"):
             self.heartbeat.cancel()
-            await self.channel_layer.group_discard(self.group, self.channel_name)
-            await realtime.unwatch(self.run_id, self.channel_name)
+        if hasattr(self, "group"):
+            try:
+                await self.channel_layer.group_discard(self.group, self.channel_name)
+                await realtime.unwatch(self.run_id, self.channel_name)
+            except redis.RedisError as error:  # the marks expire by themselves
+                log.warning("run socket closed without leaving its group: Redis is unreachable (%s)", error)
 
     async def run_update(self, event):
         await self.send(text_data=event["html"])
@@ -94,6 +115,7 @@ class LogTailConsumer(AsyncWebsocketConsumer):
 
     MAX_UNACKED = 2
     OPEN_RETRY = 1.0  # seconds between attempts to open an output that does not exist yet
+    channel_layer_alias = None  # a tail needs no channel layer, and so lives through a Redis restart
 
     async def connect(self):
         user = self.scope["user"]

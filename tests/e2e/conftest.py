@@ -7,7 +7,7 @@ import shutil
 import pytest
 from django.conf import settings
 
-from tests.conftest import web_server
+from tests.conftest import WebServer, session_log, web_env
 
 # Playwright's sync API keeps an event loop running in this thread.
 os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = "true"
@@ -38,18 +38,18 @@ def browser_type_launch_args(browser_type_launch_args):
     }
 
 
-# What a server must never log: an error the app did not handle.
 @pytest.fixture(scope="session")
 def asgi_server(test_database_url):
-    """uvicorn on a free loopback port, on the test database; yields its base URL.
-    A traceback in its log fails the session (tests.conftest.web_server)."""
-    with web_server(test_database_url, log_prefix="e2e") as (url, _, _):
-        yield url
+    """uvicorn on a free loopback port, on the test database. A test that uses it fails
+    if it logs a traceback meanwhile (tests.conftest.process_logs)."""
+    with WebServer(web_env(test_database_url), session_log("e2e-server")) as server:
+        yield server
 
 
 @pytest.fixture
 def server(asgi_server, transactional_db):
-    return asgi_server
+    """The web server's base URL."""
+    return asgi_server.url
 
 
 @pytest.fixture
