@@ -126,10 +126,14 @@ def run_update_html(run_id: int, member_ids: list[int], *, reload: bool = False)
     to reload the table), and its mark. Rows travel inside a <template>, where an HTML
     parser keeps <tr> elements; static/js/app.js hands such messages to htmx's own swap."""
     context = {"oob": True, "mark": run_mark(), **selectors.run_summary(run_id)}  # the mark first: nothing is missed
-    if not reload and len(member_ids) <= MAX_ROWS_PER_PUSH:
-        context["rows"] = selectors.member_rows(run_id, member_ids)
-    else:
+    live = None
+    if not reload and member_ids and len(member_ids) <= MAX_ROWS_PER_PUSH:
+        live = selectors.member_rows(context["run"], member_ids)
+        reload = live.new_columns  # a result the pages' tables have no column for yet: their head changes
+    if reload or len(member_ids) > MAX_ROWS_PER_PUSH:
         context["reload_url"] = reverse("ensembles:run_members", args=[run_id])
+    elif live:
+        context["rows"] = live.rows
     return render_to_string("ensembles/partials/run_update.html", context)
 
 
