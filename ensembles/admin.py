@@ -1,20 +1,30 @@
+from django import forms
 from django.conf import settings
 from django.contrib import admin
 from django.contrib.auth import get_user_model
 from django.contrib.auth.admin import UserAdmin
+from django.core.exceptions import NON_FIELD_ERRORS, ValidationError
 from django.urls import reverse
 from django.utils.html import format_html
 
+from . import services
+from .forms import BATCH_FIELDS, RUN_FIELDS, SettingsForm, VersionedForm
 from .models import AttachedFile, Ensemble, Experiment, Member, MemberRun, Run, StatusEvent, UnixAccount
 
 User = get_user_model()
 
 
 class EnsembleInline(admin.TabularInline):
+    """Listed only: an ensemble is edited on its own change page, which checks and takes its version."""
+
     model = Ensemble
     fields = ["name", "perm_strategy", "replicas"]
+    readonly_fields = fields
     extra = 0
     show_change_link = True
+
+    def has_add_permission(self, request, obj=None):
+        return False
 
 
 @admin.register(Experiment)
@@ -37,20 +47,112 @@ class AttachedFileInline(admin.TabularInline):
         return False
 
 
+class SettingsAdminForm(VersionedForm, SettingsForm, forms.ModelForm):
+    """The change form of an ensemble or member: run and batch settings as the builder's
+    fields, parsed and checked as the builder does (not raw JSON), and the version the form
+    was built from, so that a save over a newer one (from the builder, or another admin)
+    is refused with the fields that differ."""
+
+    class Meta:
+        exclude = ["version", "run_settings", "batch_settings"]
+
+    def __init__(self, *args, instance=None, initial=None, **kwargs):
+        if instance is not None and instance.pk is not None:
+            initial = {
+                **self.settings_initial(instance.run_settings, instance.batch_settings),
+                "version": instance.version,
+                **(initial or {}),
+            }
+        super().__init__(*args, instance=instance, initial=initial, **kwargs)
+        for name in (*RUN_FIELDS, *BATCH_FIELDS):
+            widget = self.fields[name].widget
+            widget.attrs["class"] = "vLargeTextField" if isinstance(widget, forms.Textarea) else "vTextField"
+
+    def clean(self):
+        data = super().clean()
+        normalised = self.normalised_settings()
+        if normalised:
+            self.instance.run_settings, self.instance.batch_settings = normalised
+        return data
+
+    def _post_clean(self):
+        super()._post_clean()  # the instance now has the form's values: a conflict can name what differs
+        if self.instance.pk is None:
+            return
+        try:
+            # The lock lasts until the admin's transaction (the whole change view) ends.
+            services.version_check(instance=self.instance, expected_version=self.expected_version)
+        except services.EditConflict as conflict:
+            self.carry_version(conflict.current.version)
+            fields = ", ".join(str(self[name].label) if name in self.fields else name for name in conflict.changed)
+            self.add_error(None, (
+                f"{conflict.headline} The current version differs from yours in: {fields}. "
+                "Open this page in a new tab to see it; saving this form again replaces it with yours."
+            ))
+        except ValidationError as error:  # deleted meanwhile
+            self.add_error(None, error.messages)
+
+    def _update_errors(self, errors):
+        # The model's rules name run_settings / batch_settings, shown here field by field: on top.
+        if hasattr(errors, "error_dict"):
+            moved = {}
+            for key, messages in errors.error_dict.items():
+                moved.setdefault(key if key in self.fields else NON_FIELD_ERRORS, []).extend(messages)
+            errors = ValidationError(moved)
+        super()._update_errors(errors)
+
+
+SETTINGS_FIELDSETS = [
+    ("Run settings", {"fields": list(RUN_FIELDS)}),
+    ("Batch settings (Slurm, PBS, LSF)", {"fields": list(BATCH_FIELDS)}),
+]
+
+
 @admin.register(Ensemble)
 class EnsembleAdmin(admin.ModelAdmin):
-    list_display = ["name", "experiment", "perm_strategy", "replicas", "updated"]
-    list_filter = ["perm_strategy"]
-    list_select_related = ["experiment"]
-    search_fields = ["name", "experiment__name"]
+    form = SettingsAdminForm
+    fieldsets = [
+        (None, {"fields": ["experiment", "name", "description", "version"]}),
+        ("Parameters", {"fields": ["params", "params_as_args", "perm_strategy", "n_models", "seed", "replicas"]}),
+        *SETTINGS_FIELDSETS,
+        ("Files, results and keys", {"fields": ["tag", "results_file", "key_prefixing"]}),
+    ]
+    list_display = ["name", "experiment", "owner", "perm_strategy", "replicas", "updated"]
+    list_filter = ["perm_strategy", "experiment__owner"]
+    list_select_related = ["experiment__owner"]
+    search_fields = ["name", "experiment__name", "experiment__owner__username"]
     inlines = [AttachedFileInline]
+
+    @admin.display(ordering="experiment__owner__username")
+    def owner(self, ensemble):
+        return ensemble.experiment.owner
+
+    def save_model(self, request, obj, form, change):
+        # Through the service, as the builder saves: settings normalised, the next version taken.
+        services.ensemble_save(experiment=obj.experiment, ensemble=obj, spec={}, expected_version=form.expected_version)
 
 
 @admin.register(Member)
 class MemberAdmin(admin.ModelAdmin):
-    list_display = ["name", "experiment", "ensemble", "key_prefixing"]
-    list_select_related = ["experiment", "ensemble"]
-    search_fields = ["name", "experiment__name"]
+    form = SettingsAdminForm
+    fieldsets = [
+        (None, {"fields": ["experiment", "ensemble", "name", "version"]}),
+        ("Parameters", {"fields": ["params", "params_as_args", "key_prefixing"]}),
+        *SETTINGS_FIELDSETS,
+    ]
+    list_display = ["name", "experiment", "ensemble", "owner", "key_prefixing"]
+    list_filter = ["experiment__owner"]
+    list_select_related = ["experiment__owner", "ensemble"]
+    search_fields = ["name", "experiment__name", "experiment__owner__username"]
+
+    @admin.display(ordering="experiment__owner__username")
+    def owner(self, member):
+        return member.experiment.owner
+
+    def save_model(self, request, obj, form, change):
+        services.member_save(
+            experiment=obj.experiment, ensemble=obj.ensemble, member=obj, spec={}, expected_version=form.expected_version
+        )
 
 
 # --- runs: read-only (the app and its tasks write them; an edit here would bypass both) ---
@@ -89,7 +191,7 @@ class RunFilter(admin.SimpleListFilter):
 @admin.register(Run)
 class RunAdmin(ReadOnlyAdmin):
     list_display = ["__str__", "owner", "launcher", "submit_state", "concurrency", "run_as", "created", "finished", "members"]
-    list_filter = ["submit_state", "launcher", "created", "finished"]
+    list_filter = ["submit_state", "launcher", "experiment__owner", "created", "finished"]
     list_select_related = ["experiment__owner"]
     search_fields = ["experiment__name", "experiment__owner__username"]
     date_hierarchy = "created"

@@ -10,8 +10,10 @@ from __future__ import annotations
 import shlex
 
 from django import forms
+from django.conf import settings
 from django.core.exceptions import ValidationError
 
+from . import specs
 from .expansion import format_value
 from .models import PARAM_NAME, Experiment, FileAction, Launcher, Strategy, name_validator
 from .values import ValueSyntaxError, infer_type, parse_values
@@ -98,6 +100,23 @@ class ExperimentForm(ApplyErrorsMixin, forms.ModelForm):
         return launcher
 
 
+class VersionedForm(forms.Form):
+    """An edit form of an ensemble or member: it carries, hidden, the version of the row it
+    was built from, so that a save over a newer version is a conflict (services.version_check)."""
+
+    version = forms.IntegerField(widget=forms.HiddenInput, required=False, min_value=0)
+
+    @property
+    def expected_version(self) -> int:
+        # No version (a page from before versions existed) matches none: a conflict, never an overwrite.
+        return self.cleaned_data.get("version") or 0
+
+    def carry_version(self, version: int) -> None:
+        """Re-show the bound form carrying ``version``: saving it again is then a save over that version."""
+        self.data = self.data.copy()
+        self.data[self.add_prefix("version")] = str(version)
+
+
 class SettingsForm(ApplyErrorsMixin, forms.Form):
     """Run settings and batch settings, shared by ensembles and hand-made members."""
 
@@ -146,6 +165,24 @@ class SettingsForm(ApplyErrorsMixin, forms.Form):
             "run_settings": {key: data.get(key) for key in RUN_FIELDS},
             "batch_settings": {key: data.get(key) for key in BATCH_FIELDS},
         }
+
+    def normalised_settings(self) -> tuple[dict, dict | None] | None:
+        """(run settings, batch settings) as the services store them, or None with each
+        problem next to its field (for forms that validate before a service sees them)."""
+        spec, normalised = self.settings_spec(), {}
+        for key, names, clean in (
+            ("run_settings", RUN_FIELDS, specs.clean_run_settings),
+            ("batch_settings", BATCH_FIELDS, specs.clean_batch_settings),
+        ):
+            if any(name in self.errors for name in names):
+                continue  # a field already refused: the rest of its group is checked once it is fixed
+            try:
+                normalised[key] = clean(spec[key])
+            except specs.SpecError as error:
+                self.add_error(error.field if error.field in self.fields else None, error.message)
+        if len(normalised) < 2:
+            return None
+        return normalised["run_settings"], normalised["batch_settings"]
 
     @staticmethod
     def settings_initial(run_settings: dict, batch_settings: dict | None) -> dict:
@@ -213,7 +250,7 @@ ParamFormSet = forms.formset_factory(
 )
 
 
-class EnsembleForm(SettingsForm):
+class EnsembleForm(VersionedForm, SettingsForm):
     field_order = ["name", "description", "perm_strategy", "n_models", "seed", "replicas"]
 
     name = forms.CharField(max_length=100, validators=[name_validator], help_text="Members are named <name>_0, <name>_1, ...")
@@ -272,7 +309,7 @@ def parse_member_params(text: str) -> list[dict]:
     return params
 
 
-class MemberForm(SettingsForm):
+class MemberForm(VersionedForm, SettingsForm):
     field_order = ["name", "params", "params_as_args", "key_prefixing"]
 
     name = forms.CharField(max_length=100, validators=[name_validator])
@@ -307,6 +344,7 @@ class MemberForm(SettingsForm):
             return f'"{value}"' if isinstance(value, str) and infer_type(value) != value else value
 
         return {
+            "version": member.version,
             "name": member.name,
             "params": "\n".join(f"{row['name']}={row.get('text') or literal(row['value'])}" for row in member.params),
             "params_as_args": ", ".join(member.params_as_args),
@@ -318,19 +356,29 @@ class MemberForm(SettingsForm):
 class AttachFileForm(ApplyErrorsMixin, forms.Form):
     action = forms.ChoiceField(choices=FileAction.choices, initial=FileAction.CONFIGURE)
     path = forms.CharField(
-        label="Server path", required=False, max_length=4096, help_text="A file or folder inside the allowed folders."
+        label="Server path",
+        required=False,
+        max_length=4096,
+        help_text="A file or folder: its absolute path, or its path inside an allowed folder (inputs/mesh.dat).",
     )
     upload = forms.FileField(label="or upload a file", required=False)
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        # The server folders files may be attached from (the template names them); none: uploads only.
+        self.roots = [str(root) for root in settings.FILE_ROOTS]
 
     def clean(self):
         data = super().clean()
         if bool(data.get("path")) == bool(data.get("upload")):
-            raise ValidationError("Give either a server path or a file to upload.")
+            raise ValidationError("Give either a server path or a file to upload." if self.roots else "Choose a file to upload.")
         return data
 
 
 
 class LaunchForm(forms.Form):
+    """Launch options: how many members at once, and which ensembles and models (all by default)."""
+
     concurrency = forms.IntegerField(
         label="Members at once",
         required=False,
@@ -338,3 +386,30 @@ class LaunchForm(forms.Form):
         max_value=4096,
         help_text="Local launcher: how many members run at the same time (empty: one per CPU).",
     )
+    entities = forms.MultipleChoiceField(
+        label="Launch", required=False, widget=forms.CheckboxSelectMultiple,
+        error_messages={"invalid_choice": "%(value)s is not an ensemble or model of this experiment (any more)."},
+    )
+
+    def __init__(self, *args, entities: list[str], busy: dict[str, int], **kwargs):
+        """``entities``: the experiment's ensembles and models by name; ``busy``: those an active run holds (its number)."""
+        super().__init__(*args, **kwargs)
+        self.busy = busy
+        self.fields["entities"].choices = [(name, name) for name in entities]
+        self.fields["entities"].initial = [name for name in entities if name not in busy]
+
+    def entity_boxes(self):
+        """(checkbox, number of the active run that holds its entity or None), for the template."""
+        return [(box, self.busy.get(box.data["value"])) for box in self["entities"]]
+
+    # Sent by the page's form, whose boxes may all be unticked; a launch without it (the API,
+    # scripts) launches every entity.
+    subset = forms.BooleanField(required=False, initial=True, widget=forms.HiddenInput)
+
+    def clean(self):
+        data = super().clean()
+        if not data.get("entities"):
+            if data.get("subset") and "entities" not in self.errors:
+                self.add_error("entities", "Choose at least one ensemble or model to launch.")
+            data["entities"] = None
+        return data

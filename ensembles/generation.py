@@ -14,6 +14,7 @@ separators (``x = 1; y = 2;``) are untouched, a custom tag is taken literally
 
 from __future__ import annotations
 
+import heapq
 import json
 import os
 import re
@@ -22,6 +23,7 @@ import threading
 import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -29,12 +31,16 @@ from .expansion import texts_of
 
 __all__ = [
     "RECORD_FILE_NAME",
+    "BrowseEntry",
+    "Listing",
+    "browse_folder",
     "configurable_paths",
     "FileRefused",
     "Generator",
     "Rendered",
     "check_configurable",
     "discard_later",
+    "landing_names",
     "prepare_member",
     "render_tags",
     "resolve_source",
@@ -118,30 +124,158 @@ class FileRefused(ValueError):
     """A file may not be attached or generated; the message says why."""
 
 
+def _real(candidate: Path, text: str) -> tuple[Path, bool]:
+    try:
+        real = candidate.resolve()
+        return real, real.exists()
+    except (OSError, RuntimeError) as error:
+        raise FileRefused(f"{text} cannot be used: {getattr(error, 'strerror', None) or error}") from None
+
+
+def _is_within(real: Path, roots: list[Path]) -> bool:
+    return any(real == root or real.is_relative_to(root) for root in roots)
+
+
 def resolve_source(path: str | os.PathLike, roots: Iterable[Path]) -> Path:
     """The real path of an existing file or folder inside one of ``roots``.
 
-    Symlinks are resolved first, so a link inside a root that points outside
-    it is refused too.
+    A relative path is looked up in every root (never in the working directory);
+    one that exists in more than one is refused as ambiguous rather than picked by
+    the roots' order. Symlinks are resolved first, so a link inside a root that
+    points outside it is refused too, and so is a ``..`` that climbs out.
     """
     text = os.fspath(path)
     if not text or "\x00" in text:
-        raise FileRefused("Give the absolute path of a file or folder.")
-    candidate = Path(text)
-    if not candidate.is_absolute():
-        raise FileRefused(f"{text} is not an absolute path.")
-    try:
-        real = candidate.resolve()
-        exists = real.exists()
-    except (OSError, RuntimeError) as error:
-        raise FileRefused(f"{text} cannot be used: {getattr(error, 'strerror', None) or error}") from None
+        raise FileRefused("Give the path of a file or folder.")
     allowed = [Path(root).resolve() for root in roots]
-    if not any(real == root or real.is_relative_to(root) for root in allowed):
-        where = ", ".join(str(root) for root in allowed) or "none are configured (FLOTILLA_FILE_ROOTS)"
+    where = ", ".join(str(root) for root in allowed) or "none are configured (FLOTILLA_FILE_ROOTS)"
+    candidate = Path(text)
+    if candidate.is_absolute():
+        real, exists = _real(candidate, text)
+    else:
+        if not allowed:
+            raise FileRefused(
+                f"{text} is not an absolute path, and no folders are configured to look it up in (FLOTILLA_FILE_ROOTS)."
+            )
+        found = {}  # real path -> the root it was found in; the same file through two roots is one
+        for root in allowed:
+            real, exists = _real(root / candidate, text)
+            if exists:
+                found.setdefault(real, root)
+        inside = {real: root for real, root in found.items() if _is_within(real, allowed)}
+        if len(inside) > 1:
+            folders = ", ".join(map(str, inside.values()))
+            raise FileRefused(f"{text} is in more than one allowed folder ({folders}): give its absolute path.")
+        if not found:
+            raise FileRefused(f"{text} is in none of the folders files may be attached from: {where}.")
+        real, exists = next(iter(inside or found)), True
+    if not _is_within(real, allowed):
         raise FileRefused(f"{text} is outside the folders files may be attached from: {where}.")
     if not exists:
         raise FileRefused(f"{text} does not exist.")
     return real
+
+
+def landing_names(path: Path, action: str) -> list[str]:
+    """The names a source puts at the top of a member folder: a folder copied or
+    configured lands its contents there (SmartSim's copy_tree and to_configure
+    hierarchy), anything else (a file, a symlinked folder) its own name."""
+    if action in ("copy", "configure") and path.is_dir():
+        with os.scandir(path) as entries:
+            return [entry.name for entry in entries]
+    return [path.name]
+
+
+BROWSE_LIMIT = 500  # entries shown of one folder
+BROWSE_SCAN_LIMIT = 200_000  # entries read of one folder (~0.3 s); a bigger one is listed from its first ones
+
+
+@dataclass
+class BrowseEntry:
+    name: str
+    path: str  # what the path field gets
+    is_dir: bool
+    size: int | None = None
+    modified: float | None = None
+    refused: str = ""  # why it cannot be attached (a link leading out, a broken link)
+
+    @property
+    def modified_at(self) -> datetime | None:
+        return None if self.modified is None else datetime.fromtimestamp(self.modified, tz=timezone.utc)
+
+
+@dataclass
+class Listing:
+    """One folder inside the allowed folders (``folder`` None: the allowed folders themselves)."""
+
+    folder: Path | None
+    crumbs: list[tuple[str, Path]] = field(default_factory=list)  # (label, folder), from its root down
+    entries: list[BrowseEntry] = field(default_factory=list)  # folders first, then by name
+    matched: int = 0  # entries that pass the filter (more than shown when capped)
+    hidden: int = 0  # dot-entries left out
+    scan_capped: bool = False  # the folder holds more than BROWSE_SCAN_LIMIT entries; only those were read
+
+
+def browse_folder(path: str, roots: Iterable[Path], *, query: str = "", show_hidden: bool = False) -> Listing:
+    """List one folder inside ``roots`` for the file browser, checked as resolve_source checks
+    an attached path (``..``, other absolute paths and links leading out are refused).
+    An empty ``path`` is the list of roots (or the only root). Bounded: at most
+    BROWSE_SCAN_LIMIT entries are read and BROWSE_LIMIT shown; only those shown are stat'ed."""
+    allowed = [Path(root).resolve() for root in roots]
+    if not allowed:
+        raise FileRefused("No server folders are configured (FLOTILLA_FILE_ROOTS): only uploads are possible.")
+    if not path and len(allowed) > 1:
+        return Listing(folder=None, entries=[BrowseEntry(str(root), str(root), True) for root in allowed], matched=len(allowed))
+    folder = resolve_source(path or allowed[0], allowed)
+    if not folder.is_dir():
+        raise FileRefused(f"{path} is not a folder.")
+    root = min((r for r in allowed if _is_within(folder, [r])), key=lambda r: len(r.parts))  # the outermost: go up the furthest
+    crumbs = [(str(root), root)]
+    for part in folder.relative_to(root).parts:
+        crumbs.append((part, crumbs[-1][1] / part))
+    listing = Listing(folder=folder, crumbs=crumbs)
+    needle = query.strip().lower()
+
+    def wanted(entries):
+        for read, entry in enumerate(entries):
+            if read == BROWSE_SCAN_LIMIT:
+                listing.scan_capped = True
+                return
+            if entry.name.startswith(".") and not show_hidden:
+                listing.hidden += 1
+            elif needle in entry.name.lower():
+                listing.matched += 1
+                try:
+                    is_dir = entry.is_dir()
+                except OSError:
+                    is_dir = False
+                yield (not is_dir, entry.name.lower(), entry.name), entry, is_dir
+
+    try:
+        with os.scandir(folder) as entries:
+            shown = heapq.nsmallest(BROWSE_LIMIT, wanted(entries), key=lambda item: item[0])
+    except OSError as error:
+        raise FileRefused(f"{folder} cannot be read: {error.strerror or error}.") from None
+    for _, entry, is_dir in shown:
+        item = BrowseEntry(entry.name, str(folder / entry.name), is_dir)
+        if entry.is_symlink():
+            try:
+                real, exists = _real(folder / entry.name, entry.name)
+            except FileRefused:  # a loop of links
+                real, exists = None, False
+            if not exists:
+                item.refused = "a broken link"
+            elif not _is_within(real, allowed):
+                item.refused = "a link leading outside the allowed folders"
+        try:
+            # Nothing is told of what a link leading out points to.
+            info = entry.stat(follow_symlinks=not item.refused)
+        except OSError:
+            pass
+        else:
+            item.size, item.modified = (None if is_dir else info.st_size), info.st_mtime
+        listing.entries.append(item)
+    return listing
 
 
 def _check_text(path: Path) -> None:

@@ -340,8 +340,9 @@ class Run(models.Model):
     submit_error = models.TextField(blank=True)
     claimed_at = models.DateTimeField(null=True, blank=True)
     claimed_by = models.CharField(max_length=200, blank=True)  # "<host>:<pid>" of the submitting worker process
-    # When run_submit was last sent for the run; None while the task queue could not take it.
-    # A pending run is sent again once this is SUBMIT_GRACE_SECONDS old (services.runs_reconcile).
+    # When run_submit (or, once deleting, run_purge) was last sent for the run; None while the
+    # task queue could not take it. A pending run is sent again once this is SUBMIT_GRACE_SECONDS
+    # old, a deleted one after services.DELETE_GRACE_SECONDS (services.runs_reconcile).
     enqueued_at = models.DateTimeField(null=True, blank=True)
     # The runners' journals and logs; unique, so that a reused id never meets old files.
     work_dir = models.CharField(max_length=4096)

@@ -3,6 +3,7 @@ user may see, and objects of others are a 404 (they are not even said to exist).
 
 from __future__ import annotations
 
+import collections
 import itertools
 import os
 import shlex
@@ -12,11 +13,11 @@ from pathlib import Path
 from collections.abc import Iterator
 from datetime import timezone as dt_timezone
 from typing import Any
+from urllib.parse import urlencode
 
 from django.conf import settings
 from django.db import connections, router
-from django.db.models import Count, Q, QuerySet
-from django.db.models.fields.json import KeyTransform
+from django.db.models import Count, Max, Min, Q, QuerySet, Sum
 from django.shortcuts import get_object_or_404
 from django.urls import reverse
 from django.utils import timezone
@@ -24,7 +25,7 @@ from django.utils.dateparse import parse_datetime
 
 from launchers.base import LauncherError
 
-from . import launching, plots
+from . import launching, member_filter, plots
 from .expansion import ParameterSpace
 from .generation import FileRefused, Rendered, configurable_paths, render_tags
 from .models import (
@@ -40,8 +41,8 @@ from .models import (
     StatusEvent,
     params_in_order,
 )
+from .member_queries import MemberColumns, RunTime, filter_q, member_columns, member_ordering
 from .specs import member_argv
-from .values import infer_type
 
 PREVIEW_PAGE_SIZE = 20
 MAX_PREVIEW_FILE_BYTES = 64 * 1024
@@ -238,20 +239,12 @@ def configured_file_preview(path: Path, label: str, params: dict, tag: str, *, r
 
 # --- runs ----------------------------------------------------------------------
 
-MEMBER_SORTS = {
-    "position": ["position"],
-    "started": ["started", "position"],
-    "-started": ["-started", "position"],
-    "ended": ["ended", "position"],
-    "-ended": ["-ended", "position"],
-    "returncode": ["returncode", "position"],
-    "-returncode": ["-returncode", "position"],
-}
 MAX_MEMBERS_PAGE = 1000
 
 
 def runs_visible_to(user) -> QuerySet[Run]:
-    return Run.objects.filter(experiment__in=experiments_visible_to(user))
+    """Deleted runs (their files and rows going in the background) are gone for every page."""
+    return Run.objects.filter(experiment__in=experiments_visible_to(user), deleting=False)
 
 
 def run_get(user, pk: int) -> Run:
@@ -302,8 +295,57 @@ def member_ids_changed_since(run_id: int, since, *, limit: int) -> list[int]:
     return list(changed.values_list("pk", flat=True)[:limit])
 
 
-def member_rows(run_id: int, member_ids: list[int]) -> list[MemberRun]:
-    return list(MemberRun.objects.filter(run_id=run_id, pk__in=member_ids, latest=True).order_by("position"))
+def _number_cell(value) -> tuple[str, str]:
+    """A number as the table shows it (6 significant digits), and in full when that rounds it."""
+    if not _is_number(value):
+        return "", ""
+    shown = str(value) if isinstance(value, int) else f"{value:.6g}"
+    return shown, "" if isinstance(value, int) or float(shown) == value else repr(value)
+
+
+def _with_cells(rows: list[MemberRun], columns: MemberColumns) -> list[MemberRun]:
+    """Each row with the cells of the table's parameter columns ((text as written, is a
+    number)) and result columns ((shown, in full)), so that the template only prints them."""
+    for member in rows:
+        written = member.written_params
+        member.param_cells = [(written.get(name, ""), _is_number(member.params.get(name))) for name in columns.params]
+        results = member.results or {}
+        member.result_cells = [_number_cell(results.get(name)) for name in columns.results]
+    return rows
+
+
+@dataclass
+class LiveRows:
+    """Changed rows for the pages watching a run, rendered in the run's columns."""
+
+    rows: list[MemberRun]
+    columns: MemberColumns
+    # A result name that only these rows have: pages' tables lack its column, they reload.
+    new_columns: bool
+
+
+def member_rows(run: Run, member_ids: list[int]) -> LiveRows:
+    """The changed rows and the run's columns (two queries; three when the columns may have changed)."""
+    rows = list(MemberRun.objects.filter(run=run, pk__in=member_ids, latest=True).order_by("position"))
+    columns = member_columns([run])
+    carried = collections.Counter(name for member in rows for name in member.results or {})
+    new_columns = any(columns.result_counts.get(name, 0) <= n for name, n in carried.items())
+    return LiveRows(_with_cells(rows, columns), columns, new_columns)
+
+
+@dataclass(frozen=True)
+class SortHeader:
+    """A sortable column head: a click sorts ascending, a second click descending."""
+
+    label: str
+    next: str  # the sort a click asks for
+    state: str  # aria-sort: "ascending", "descending" or ""
+
+
+def _sort_header(label: str, key: str, sort: str) -> SortHeader:
+    if sort == key:
+        return SortHeader(label, f"-{key}", "ascending")
+    return SortHeader(label, key, "descending" if sort == f"-{key}" else "")
 
 
 @dataclass
@@ -314,37 +356,93 @@ class MemberPage:
     count: int
     page_size: int
     status: str
-    param: str
-    value: str
+    q: str  # the filter expression (member_filter)
     sort: str
+    columns: MemberColumns
+    error: str = ""  # why ``q`` cannot be used; there are no rows then
+
+    @property
+    def filtered(self) -> bool:
+        return bool(self.status or self.q.strip())
+
+    @property
+    def width(self) -> int:
+        """The table's number of columns."""
+        return 8 + len(self.columns.params) + len(self.columns.results)
+
+    @property
+    def export_query(self) -> str:
+        """The query string of an export of what the table shows (its filters and order)."""
+        query = {"status": self.status, "q": self.q.strip(), "sort": "" if self.sort == "position" else self.sort}
+        return urlencode({key: value for key, value in query.items() if value})
+
+    @property
+    def headers(self) -> dict[str, SortHeader]:
+        """The heads of the member table's own sortable columns, by name."""
+        fields = {"name": ("Name", "position"), "time": ("Time", "time"), "returncode": ("Returncode", "returncode")}
+        return {name: _sort_header(label, key, self.sort) for name, (label, key) in fields.items()}
+
+    @property
+    def param_headers(self) -> list[SortHeader]:
+        return [_sort_header(name, f"params.{name}", self.sort) for name in self.columns.params]
+
+    @property
+    def result_headers(self) -> list[SortHeader]:
+        return [_sort_header(name, f"results.{name}", self.sort) for name in self.columns.results]
 
 
-def run_members_page(run: Run, *, status="", param="", value="", sort="position", page=1, page_size=100) -> MemberPage:
-    """One page of the run's latest attempts, filtered by status and by a parameter's value."""
+def _members_matching(run: Run, columns: MemberColumns, *, status: str, q: str) -> QuerySet[MemberRun]:
+    """The run's latest attempts with that status (any: "") matching ``q``; FilterError for a bad ``q``."""
     members = MemberRun.objects.filter(run=run, latest=True)
-    if status in MemberStatus.values:
+    if status:
         members = members.filter(status=status)
-    else:
-        status = ""
-    if param and value != "":
-        if "\x00" in param + value:  # no name or value holds one (and PostgreSQL refuses it in text)
-            members = members.none()
-        else:  # the name is a JSON key, never part of a lookup: "isnull" or "a__b" are parameter names too
-            members = members.alias(param_value=KeyTransform(param, "params")).filter(
-                Q(param_value=infer_type(value)) | Q(param_value=value)
-            )
-    sort = sort if sort in MEMBER_SORTS else "position"
+    node = member_filter.parse(q)
+    return members if node is None else members.filter(filter_q(node, columns))
+
+
+def run_members_page(
+    run: Run, *, status="", q="", sort="position", page=1, page_size=100, param="", value=""
+) -> MemberPage:
+    """One page of the run's latest attempts, filtered by status and by a filter expression
+    (member_filter; an old link's ``param`` and ``value`` are read as ``param = value``),
+    sorted by a field, a parameter or a result. Three queries: the run's columns (four when
+    they may have changed: member_columns), the count, the page. A bad expression gives
+    ``error`` and no rows."""
+    status = status if status in MemberStatus.values else ""
     page_size = min(max(1, page_size), MAX_MEMBERS_PAGE)
+    columns = member_columns([run])
+    sort, ordering = member_ordering(sort, columns)
+    if param and value != "" and not q.strip():  # an old link: "parameter equals value"
+        unusable = "\x00" in param + value or columns.resolve(param) is None
+        param, value = (text.replace("\x00", "") for text in (param, value))
+        q = f"{member_filter.quote(param)} = {member_filter.quote(value)}"
+        if unusable:  # as before: it matches no member
+            return MemberPage([], 1, 1, 0, page_size, status, q, sort, columns)
+    try:
+        members = _members_matching(run, columns, status=status, q=q)
+    except member_filter.FilterError as error:
+        return MemberPage([], 1, 1, 0, page_size, status, q, sort, columns, error=str(error))
     count = members.count()
     pages = max(1, -(-count // page_size))
     page = min(max(1, page), pages)
-    rows = list(members.order_by(*MEMBER_SORTS[sort])[(page - 1) * page_size : page * page_size])
-    return MemberPage(rows, page, pages, count, page_size, status, param, value, sort)
+    # Only ids are sorted (a sort by a JSON value reads every member), then the page's rows are read.
+    ids = members.order_by(*ordering).values("pk")[(page - 1) * page_size : page * page_size]
+    rows = list(MemberRun.objects.filter(pk__in=ids).order_by(*ordering))
+    return MemberPage(_with_cells(rows, columns), page, pages, count, page_size, status, q, sort, columns)
+
+
+def busy_entities(experiment: Experiment) -> dict[str, int]:
+    """The ensembles and models that an active run of the experiment holds: {name: run number}."""
+    busy = {}
+    for number, entities in experiment.runs.filter(finished__isnull=True).order_by("number").values_list("number", "entities"):
+        for name in entities:
+            busy.setdefault(name, number)
+    return busy
 
 
 def runs_of(experiment: Experiment) -> list[Run]:
     """The experiment's runs with their counts by status (two queries)."""
-    runs = list(experiment.runs.all())
+    runs = list(experiment.runs.filter(deleting=False))
     counts = {run.pk: {s: 0 for s in MemberStatus.values} for run in runs}
     rows = MemberRun.objects.filter(run__in=runs, latest=True).values("run_id", "status").annotate(n=Count("id"))
     for row in rows:
@@ -399,10 +497,9 @@ def member_file_open(member: MemberRun, name: str) -> int | None:
     return descriptor
 
 
-def run_param_names(run: Run) -> list[str]:
-    """Parameter names of the run's members, from one member (one query)."""
-    first = MemberRun.objects.filter(run=run).order_by("position").values("params", "param_names").first()
-    return list(params_in_order(first["params"], first["param_names"])) if first else []
+def run_siblings(user, run: Run) -> list[Run]:
+    """The experiment's other runs the user sees, newest first (what a run is compared with)."""
+    return list(runs_visible_to(user).filter(experiment_id=run.experiment_id).exclude(pk=run.pk).order_by("-number"))
 
 
 def member_attempts(member: MemberRun) -> list[MemberRun]:
@@ -419,9 +516,19 @@ EXPORT_FIELDS = [
 EXPORT_CHUNK = 2000
 
 
-def run_export_rows(run: Run) -> Iterator[dict]:
-    """The run's latest members as export rows, one at a time (read EXPORT_CHUNK rows a query)."""
-    members = MemberRun.objects.filter(run=run, latest=True).order_by("position")
+def run_export_members(run: Run, *, status="", q="", sort="position") -> QuerySet[MemberRun]:
+    """The members an export of the run holds: its latest attempts, as the member table
+    filters (status, expression) and sorts them; FilterError for a bad expression."""
+    columns = member_columns([run])
+    members = _members_matching(run, columns, status=status if status in MemberStatus.values else "", q=q)
+    return members.order_by(*member_ordering(sort, columns)[1])
+
+
+def run_export_rows(run: Run, members: QuerySet[MemberRun] | None = None) -> Iterator[dict]:
+    """The run's latest members (or ``members``) as export rows, one at a time (read
+    EXPORT_CHUNK rows a query)."""
+    if members is None:
+        members = MemberRun.objects.filter(run=run, latest=True).order_by("position")
     for member in members.iterator(chunk_size=EXPORT_CHUNK):
         yield {
             "name": member.name,
@@ -443,21 +550,137 @@ def run_export_rows(run: Run) -> Iterator[dict]:
 
 
 def export_columns(rows) -> list[str]:
-    params, results = {}, {}
+    """The CSV header of these export rows: parameters in launch order, results by name (as the table)."""
+    params, results = {}, set()
     for row in rows:
         params.update(dict.fromkeys(row["params"] or {}))
-        results.update(dict.fromkeys(row["results"] or {}))
-    return EXPORT_FIELDS + [f"params.{k}" for k in params] + [f"results.{k}" for k in results]
+        results.update(row["results"] or {})
+    return EXPORT_FIELDS + [f"params.{k}" for k in params] + [f"results.{k}" for k in sorted(results)]
 
 
 def run_export_columns(run: Run) -> list[str]:
-    """The CSV header of ``run_export_rows``: a first pass over only the parameters and
-    results, streamed, keeping nothing but their names."""
-    values = MemberRun.objects.filter(run=run, latest=True).order_by("position").values_list("params", "param_names", "results")
-    return export_columns(
-        {"params": params_in_order(params or {}, names or []), "results": results}
-        for params, names, results in values.iterator(chunk_size=EXPORT_CHUNK)
+    """The CSV header of ``run_export_rows``: the run's columns, as the member table has
+    them (one query; a filtered export keeps the whole run's columns)."""
+    columns = member_columns([run])
+    return EXPORT_FIELDS + [f"params.{k}" for k in columns.params] + [f"results.{k}" for k in columns.results]
+
+
+COMPARE_PAGE_SIZE = 100
+
+
+@dataclass
+class RunSide:
+    """One of two compared runs: its counts by status and its members' run times (seconds)."""
+
+    run: Run
+    counts: dict[str, int]
+    total: int
+    timed: int = 0  # members that have started and ended
+    runtime_min: float | None = None
+    runtime_median: float | None = None
+    runtime_max: float | None = None
+    runtime_total: float | None = None
+
+
+@dataclass
+class ComparedPoint:
+    """One parameter point (a member's name and parameter values) and what each run made of it."""
+
+    name: str
+    param_cells: list[tuple[str, bool]]
+    members: list[MemberRun | None]  # per run; None: the point is not in that run
+    # Three cells per result, (shown, in full, class): the first run's, the second's, their difference.
+    result_cells: list[tuple[str, str, str]]
+    only_in: int | None = None  # the number of the only run that has the point
+
+
+@dataclass
+class RunComparison:
+    sides: list[RunSide]
+    columns: MemberColumns
+    points: list[ComparedPoint]
+    page: int
+    pages: int
+    names: int  # member names in either run (a page holds COMPARE_PAGE_SIZE of them)
+
+    @property
+    def status_rows(self) -> list[tuple[str, list[int]]]:
+        """(status, count in each run) for the statuses either run has members in."""
+        return [
+            (status, [side.counts[status] for side in self.sides])
+            for status in MemberStatus.values
+            if any(side.counts[status] for side in self.sides)
+        ]
+
+
+def _run_sides(runs: list[Run]) -> list[RunSide]:
+    """Each run's counts and run-time statistics: two queries, and one per run for its median
+    (one query of window functions for both is several times slower on SQLite)."""
+    members = MemberRun.objects.filter(run__in=runs, latest=True)
+    sides = {run.pk: RunSide(run, {status: 0 for status in MemberStatus.values}, 0) for run in runs}
+    for row in members.values("run_id", "status").annotate(n=Count("id")).order_by():
+        sides[row["run_id"]].counts[row["status"]] = row["n"]
+        sides[row["run_id"]].total += row["n"]
+    timed = members.filter(started__isnull=False, ended__isnull=False).annotate(seconds=RunTime())
+    stats = timed.values("run_id").annotate(n=Count("id"), low=Min("seconds"), high=Max("seconds"), sum=Sum("seconds"))
+    for row in stats.order_by():
+        side = sides[row["run_id"]]
+        side.timed, side.runtime_min, side.runtime_max, side.runtime_total = row["n"], row["low"], row["high"], row["sum"]
+        middle = timed.filter(run_id=row["run_id"]).order_by("seconds").values_list("seconds", flat=True)
+        values = list(middle[(side.timed - 1) // 2 : side.timed // 2 + 1])
+        side.runtime_median = sum(values) / len(values)
+    return [sides[run.pk] for run in runs]
+
+
+def _difference_cell(first, second) -> tuple[str, str]:
+    if not (_is_number(first) and _is_number(second)):
+        return "", ""
+    difference = second - first
+    shown, full = _number_cell(difference)
+    return ("+" + shown if difference > 0 else shown), full
+
+
+def _compared_points(names: list[str], ids: list[int], runs: list[Run], columns: MemberColumns) -> list[ComparedPoint]:
+    """The points of these member names (``ids``: their members'): a member of each run with
+    the same name and the same parameter values are one point; a name whose values differ is two."""
+    found = {(m.run_id, m.name): m for m in MemberRun.objects.filter(pk__in=ids)}
+    points = []
+    for name in names:
+        first, second = (found.get((run.pk, name)) for run in runs)
+        pairs = [(first, second)] if first and second and first.params == second.params else [(first, None), (None, second)]
+        for pair in pairs:
+            present = [member for member in pair if member is not None]
+            if not present:
+                continue
+            _with_cells(present, columns)
+            results = [(member.results or {}) if member else {} for member in pair]
+            cells = []
+            for i, result in enumerate(columns.results):
+                cells += [(*member.result_cells[i], "") if member else ("", "", "") for member in pair]
+                cells.append((*_difference_cell(results[0].get(result), results[1].get(result)), "difference"))
+            only_in = None if len(present) == 2 else runs[pair.index(present[0])].number
+            points.append(ComparedPoint(name, present[0].param_cells, list(pair), cells, only_in))
+    return points
+
+
+def run_compare(run: Run, other: Run, *, page: int = 1, page_size: int = COMPARE_PAGE_SIZE) -> RunComparison:
+    """Two runs side by side: counts, run times, and a page of parameter points with each run's
+    status and results and their differences (other minus run). A fixed number of queries:
+    the points are paged by member name, in launch order."""
+    runs = [run, other]
+    columns = member_columns(runs)
+    # A name has one member in each run at most: the lowest and highest ids are its members.
+    names = (
+        MemberRun.objects.filter(run__in=runs, latest=True)
+        .values("name").annotate(first=Min("position"), low=Min("pk"), high=Max("pk")).order_by("first", "name")
     )
+    count = names.count()
+    pages = max(1, -(-count // page_size))
+    page = min(max(1, page), pages)
+    rows = list(names[(page - 1) * page_size : page * page_size])
+    ids = {pk for row in rows for pk in (row["low"], row["high"])}
+    points = _compared_points([row["name"] for row in rows], list(ids), runs, columns)
+    return RunComparison(_run_sides(runs), columns, points, page, pages, count)
 
 
 MAX_PLOTTED_MEMBERS = 5000

@@ -4,9 +4,11 @@ selectors, which only return what the user may see."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import random
+import re
 import shutil
 import socket
 import sys
@@ -17,10 +19,11 @@ from functools import partial
 from pathlib import Path
 
 from django.conf import settings
-from django.core.exceptions import PermissionDenied, ValidationError
+from django.contrib.auth import get_user_model
+from django.core.exceptions import NON_FIELD_ERRORS, PermissionDenied, ValidationError
 from django.core.files import File
 from django.db import DEFAULT_DB_ALIAS, IntegrityError, connections, transaction
-from django.db.models import Max, Q
+from django.db.models import Q
 from django.utils import timezone
 from kombu.exceptions import OperationalError as BrokerUnreachable
 
@@ -28,7 +31,7 @@ from launchers.base import JobSpec, JobStatus, LauncherError
 
 from . import launching, realtime, specs
 from .expansion import format_count, text_overrides
-from .generation import RECORD_FILE_NAME, FileRefused, Generator, check_configurable, resolve_source
+from .generation import RECORD_FILE_NAME, FileRefused, Generator, check_configurable, landing_names, resolve_source
 from .launching import JOB_FIELDS, STATE_TO_STATUS, job_spec, launcher_for
 from .models import (
     STATUS_RANK,
@@ -52,21 +55,71 @@ from .models import (
 log = logging.getLogger("flotilla.services")
 
 
-def _save(instance, *, duplicate_message: str):
+def _save(instance, *, duplicate_message: str, expected_version: int | None = None):
     """Validate, then save; a taken name (checked first, or lost in a race) is a
-    message on the name, any other integrity error is a bug and propagates."""
+    message on the name, any other integrity error is a bug and propagates. An
+    ensemble or member takes its next version in the same transaction (version_check)."""
     instance.full_clean(validate_constraints=False)
     taken = type(instance).objects.exclude(pk=instance.pk).filter(**_unique_lookup(instance))
     if taken.exists():
         raise ValidationError({"name": duplicate_message})
     try:
         with transaction.atomic():
+            if isinstance(instance, VERSIONED) and instance.pk is not None:
+                instance.version = version_check(instance=instance, expected_version=expected_version).version + 1
             instance.save()
     except IntegrityError:
         if taken.exists():
             raise ValidationError({"name": duplicate_message}) from None
         raise
     return instance
+
+
+VERSIONED = (Ensemble, Member)
+
+
+class EditConflict(ValidationError):
+    """A save from a form built on an older version of an ensemble or member: another tab
+    or session saved it since. Nothing is saved; ``current`` is the row as it is now and
+    ``changed`` names what the save would have changed in it (run and batch settings key
+    by key, as the forms name them)."""
+
+    def __init__(self, current, changed: list[str]):
+        self.current, self.changed = current, changed
+        kind = "ensemble" if isinstance(current, Ensemble) else "member" if current.ensemble_id else "model"
+        # Members have no `updated` column: their message cannot say when.
+        when = f" at {timezone.localtime(current.updated):%H:%M}" if isinstance(current, Ensemble) else ""
+        self.headline = f"This {kind} was changed in another tab or by another session{when}; your changes are not saved."
+        super().__init__({NON_FIELD_ERRORS: f"{self.headline} Review them against the current version below and save again."})
+
+
+def _differences(instance, current) -> list[str]:
+    changed = []
+    for field in type(instance)._meta.concrete_fields:
+        if not field.editable or field.primary_key or field.name == "version":
+            continue
+        mine, theirs = field.value_from_object(instance), field.value_from_object(current)
+        if field.name in ("run_settings", "batch_settings"):
+            mine, theirs = mine or {}, theirs or {}
+            changed.extend(key for key in {**mine, **theirs} if mine.get(key) != theirs.get(key))
+        elif mine != theirs:
+            changed.append(field.name)
+    return changed
+
+
+def version_check(*, instance, expected_version: int | None):
+    """Lock the row of the ensemble or member being saved until the transaction ends, and
+    return it as it is now. A save from an older version (``expected_version``, the one
+    its form was built from) is an EditConflict, unless it changes nothing in the newer
+    one (a double submit); None skips the check (saves not made from a form)."""
+    current = type(instance).objects.select_for_update().filter(pk=instance.pk).first()
+    if current is None:
+        raise ValidationError({NON_FIELD_ERRORS: f"'{instance.name}' was deleted in another tab or by another session."})
+    if expected_version is not None and current.version != expected_version:
+        changed = _differences(instance, current)
+        if changed:
+            raise EditConflict(current, changed)
+    return current
 
 
 def _unique_lookup(instance) -> dict:
@@ -92,16 +145,23 @@ def experiment_delete(*, experiment: Experiment) -> None:
         active = experiment.runs.filter(finished__isnull=True).order_by("number").first()
         if active:
             raise ValidationError(f"Run {active.number} of this experiment is still active: stop it first, then delete.")
-        experiment.delete()
+        runs = list(experiment.runs.select_related("experiment__owner"))
+        with _trashed(runs):  # the names are free at once; the trash is emptied in the background
+            experiment.delete()
+    for run_as in sorted({run.run_as for run in runs}):
+        _enqueue("trash_empty", run_as, experiment.owner_id)
 
 
-def ensemble_save(*, experiment: Experiment, spec: dict, ensemble: Ensemble | None = None) -> Ensemble:
+def ensemble_save(
+    *, experiment: Experiment, spec: dict, ensemble: Ensemble | None = None, expected_version: int | None = None
+) -> Ensemble:
     """Create (``ensemble`` None) or update an ensemble from a spec dict.
 
     ``spec`` keys: name, description, params, perm_strategy, n_models, seed,
     replicas, params_as_args, run_settings, batch_settings, key_prefixing, tag.
     Run and batch settings are normalised; a random ensemble without a seed
-    gets one, so that the preview and every launch agree.
+    gets one, so that the preview and every launch agree. ``expected_version``:
+    the version the edit form was built from (EditConflict if it is out of date).
     """
     ensemble = ensemble or Ensemble(experiment=experiment)
     for field, value in spec.items():
@@ -113,15 +173,27 @@ def ensemble_save(*, experiment: Experiment, spec: dict, ensemble: Ensemble | No
         raise ValidationError({error.field: error.message}) from None
     if ensemble.perm_strategy == Strategy.RANDOM and ensemble.seed is None:
         ensemble.seed = random.randrange(2**31)
-    return _save(ensemble, duplicate_message=f"This experiment already has an ensemble named '{ensemble.name}'.")
+    return _save(
+        ensemble,
+        duplicate_message=f"This experiment already has an ensemble named '{ensemble.name}'.",
+        expected_version=expected_version,
+    )
 
 
 def ensemble_delete(*, ensemble: Ensemble) -> None:
     ensemble.delete()
 
 
-def member_save(*, experiment: Experiment, spec: dict, ensemble: Ensemble | None = None, member: Member | None = None) -> Member:
-    """Create or update a hand-made member (in ``ensemble``) or a standalone model."""
+def member_save(
+    *,
+    experiment: Experiment,
+    spec: dict,
+    ensemble: Ensemble | None = None,
+    member: Member | None = None,
+    expected_version: int | None = None,
+) -> Member:
+    """Create or update a hand-made member (in ``ensemble``) or a standalone model
+    (``expected_version`` as for ensemble_save)."""
     member = member or Member(experiment=experiment, ensemble=ensemble)
     for field, value in spec.items():
         setattr(member, field, value)
@@ -130,23 +202,88 @@ def member_save(*, experiment: Experiment, spec: dict, ensemble: Ensemble | None
         member.batch_settings = specs.clean_batch_settings(member.batch_settings)
     except specs.SpecError as error:
         raise ValidationError({error.field: error.message}) from None
-    return _save(member, duplicate_message=f"This experiment already has a model named '{member.name}'.")
+    return _save(
+        member, duplicate_message=f"This experiment already has a model named '{member.name}'.", expected_version=expected_version
+    )
 
 
 def member_delete(*, member: Member) -> None:
     member.delete()
 
 
+def _landing(path: Path, action: str, field: str) -> list[str]:
+    try:
+        return landing_names(path, action)
+    except OSError as error:
+        raise ValidationError({field: f"{path.name} cannot be read: {error.strerror or error}."}) from None
+
+
+def _described(attached: AttachedFile) -> str:
+    source = f"the uploaded {attached.name}" if attached.uploaded else attached.path
+    if attached.is_dir and attached.action != FileAction.SYMLINK:
+        return f"{attached.action} of the contents of {source}/"
+    return f"{attached.action} of {source}"
+
+
+def _already_landing(owner: Ensemble | Member) -> tuple[dict[str, str], list[str]]:
+    """What the folders that get ``owner``'s files already receive: {name: what puts it
+    there}, and the names of the members whose outputs land there too. An ensemble's
+    files go to its hand-added members as well, which also get their own; a hand-added
+    member gets its ensemble's."""
+    if isinstance(owner, Ensemble):
+        groups = [(owner.files.all(), "")]
+        members = list(owner.members.prefetch_related("files"))
+        groups += [(m.files.all(), f", attached to the member {m.name}, which gets the ensemble's files too") for m in members]
+        outputs = [m.name for m in members]
+    else:
+        groups = [(owner.files.all(), "")]
+        if owner.ensemble_id:
+            groups.append((owner.ensemble.files.all(), f", attached to its ensemble {owner.ensemble.name}"))
+        outputs = [owner.name]
+    landed: dict[str, str] = {}
+    for files, where in groups:
+        for attached in files:
+            try:
+                names = landing_names(Path(attached.path), attached.action)
+            except OSError:
+                continue  # gone or unreadable since it was attached: the launch says so
+            for name in names:
+                landed.setdefault(name, _described(attached) + where)
+    return landed, outputs
+
+
+def _refuse_clashes(owner: Ensemble | Member, action: str, path: Path, field: str) -> None:
+    """Refuse a source that would put a name in a member folder that something else
+    (another attached file, whatever its action, Flotilla's record, a member's output)
+    already takes there. A folder that lands its contents is checked by its top-level
+    names as they are now; what is added to an attached folder later is not checked."""
+    names = _landing(path, action, field)
+    contents = action != FileAction.SYMLINK and path.is_dir()
+    what = f"The contents of {path.name}/ clash with what each member folder already gets: " if contents else ""
+    if RECORD_FILE_NAME in names:
+        raise ValidationError({field: f"{what}'{RECORD_FILE_NAME}' is written by Flotilla for every member and cannot be attached."})
+    landed, outputs = _already_landing(owner)
+    generated_outputs = re.compile(rf"{re.escape(owner.name)}_[0-9]+\.(out|err)") if isinstance(owner, Ensemble) else None
+    for name in sorted(names):
+        stem, _, suffix = name.rpartition(".")
+        if suffix in ("out", "err") and (stem in outputs or (generated_outputs and generated_outputs.fullmatch(name))):
+            raise ValidationError({field: f"{what}{name} is the name of the member {stem}'s output: rename it."})
+    clashes = [f"{name} is already attached ({landed[name]})" for name in sorted(names) if name in landed]
+    if clashes:
+        more = f"; and {len(clashes) - 3} more" if len(clashes) > 3 else ""
+        detach = "Detach it first" if len(clashes) == 1 else "Detach them first"
+        raise ValidationError({field: f"{what}{'; '.join(clashes[:3])}{more}. {detach}, or rename one of them."})
+
+
 def _attach(owner: Ensemble | Member, action: str, path: Path, *, uploaded: bool) -> AttachedFile:
     if action not in FileAction.values:
         raise ValidationError({"action": f"Unknown file action {action!r}."})
-    if path.name == RECORD_FILE_NAME:
-        raise ValidationError({"path": f"'{path.name}' is written by Flotilla for every member and cannot be attached."})
+    field = "upload" if uploaded else "path"
     if action == FileAction.CONFIGURE:
         try:
             check_configurable(path)
         except FileRefused as error:
-            raise ValidationError({"path": str(error)}) from None
+            raise ValidationError({field: str(error)}) from None
     is_dir = path.is_dir()
     attached = AttachedFile(
         action=action,
@@ -157,7 +294,12 @@ def _attach(owner: Ensemble | Member, action: str, path: Path, *, uploaded: bool
         **({"ensemble": owner} if isinstance(owner, Ensemble) else {"member": owner}),
     )
     attached.full_clean()
-    attached.save()
+    with transaction.atomic():
+        # Attaches to one ensemble (and its hand-added members) are checked one at a time.
+        lock = owner if isinstance(owner, Ensemble) or not owner.ensemble_id else owner.ensemble
+        type(lock).objects.select_for_update().only("pk").get(pk=lock.pk)
+        _refuse_clashes(owner, action, path, field)
+        attached.save()
     return attached
 
 
@@ -245,11 +387,33 @@ def _run_as(user) -> str:
     return account
 
 
-def run_launch(*, user, experiment: Experiment, concurrency: int | None = None) -> Run:
-    """Create a run with one MemberRun per member, in bulk, and submit it after commit.
+def _names(names) -> str:
+    names = sorted(names)
+    return ", ".join(names[:-1]) + f" and {names[-1]}" if len(names) > 1 else names[0]
 
-    Refuses (ValidationError) an experiment with nothing to launch, an empty
-    ensemble, too many members, or another run still active.
+
+def _refuse_overlap(experiment: Experiment, entities, *, besides: int | None = None) -> None:
+    """Runs active at once in one experiment share no ensemble or model (SmartSim starts
+    entities one by one): refuse ``entities`` while another active run holds one of them."""
+    active = experiment.runs.filter(finished__isnull=True).exclude(pk=besides).order_by("number").only("number", "entities")
+    for other in active:
+        shared = set(other.entities) & set(entities)
+        if shared:
+            raise ValidationError(f"Run {other.number} is still active with {_names(shared)}: stop it or wait for it to end, "
+                                  "or launch other ensembles and models.")
+
+
+def home_of(run_as: str, user) -> Path:
+    """The folder that holds a user's experiments (and, with run_as, their runs' journals)."""
+    return launching.account_root(run_as) if run_as else settings.DATA_DIR / owner_folder(user)
+
+
+def run_launch(*, user, experiment: Experiment, concurrency: int | None = None, entities: list[str] | None = None) -> Run:
+    """Create a run with one MemberRun per member of ``entities`` (names of ensembles and
+    models; None: all of them), in bulk, and submit it after commit.
+
+    Refuses (ValidationError) nothing to launch, an empty ensemble, too many members, or
+    an entity that another active run of the experiment holds.
     """
     if experiment.owner_id != user.pk:
         raise PermissionDenied
@@ -259,6 +423,15 @@ def run_launch(*, user, experiment: Experiment, concurrency: int | None = None) 
     models = list(experiment.members.filter(ensemble__isnull=True).prefetch_related("files"))
     if not ensembles and not models:
         raise ValidationError("Nothing to launch: add an ensemble or a model first.")
+    if entities is not None:
+        chosen = set(entities)
+        unknown = chosen - {e.name for e in ensembles} - {m.name for m in models}
+        if unknown:
+            raise ValidationError(f"This experiment has no ensemble or model named {_names(unknown)}.")
+        ensembles = [e for e in ensembles if e.name in chosen]
+        models = [m for m in models if m.name in chosen]
+        if not ensembles and not models:
+            raise ValidationError("Choose at least one ensemble or model to launch.")
     spaces = {}
     total = 0
     for ensemble in ensembles:
@@ -277,30 +450,36 @@ def run_launch(*, user, experiment: Experiment, concurrency: int | None = None) 
             f"This launch would create {format_count(total)} members; at most {settings.MAX_MEMBERS_PER_RUN:,} are allowed in one run "
             "(FLOTILLA_MAX_MEMBERS_PER_RUN). Sample fewer with the random strategy."
         )
-    home = launching.account_root(run_as) if run_as else settings.DATA_DIR / owner_folder(user)
+    home = home_of(run_as, user)
+    names = [e.name for e in ensembles] + [m.name for m in models]
     with transaction.atomic():
-        Experiment.objects.select_for_update().get(pk=experiment.pk)  # one launch at a time per experiment
-        active = experiment.runs.filter(finished__isnull=True).first()
-        if active:
-            raise ValidationError(f"Run {active.number} of this experiment is still active: stop it or wait for it to end.")
+        # One launch at a time per experiment: the overlap check and the run's number hold.
+        number = Experiment.objects.select_for_update().values_list("run_count", flat=True).get(pk=experiment.pk) + 1
+        _refuse_overlap(experiment, names)
+        Experiment.objects.filter(pk=experiment.pk).update(run_count=number)
         generation = {e.name: {**_files_of(e), "tag": e.tag} for e in ensembles}
         generation.update({m.name: {**_files_of(m), "tag": ";"} for m in models})
         for ensemble in ensembles:
             for member in ensemble.members.all():  # the ensemble's files, then its own
                 own, shared = _files_of(member), generation[ensemble.name]
                 generation[member.name] = {key: shared[key] + own[key] for key in own} | {"tag": ensemble.tag}
+        # Each run has a folder of its own: a later run never touches an earlier one's files
+        # (one of an experiment renamed since may hold this name).
+        folder = home / experiment.name / "runs" / str(number)
+        if Run.objects.filter(folder=str(folder)).exists():
+            folder = folder.with_name(f"{number}-{uuid.uuid4().hex[:6]}")
         run = Run.objects.create(
             experiment=experiment,
-            number=(experiment.runs.aggregate(n=Max("number"))["n"] or 0) + 1,
+            number=number,
             launcher=launcher,
+            entities=names,
+            folder=str(folder),
             run_as=run_as,
             concurrency=concurrency,
             generation=generation,
             work_dir=str((home / ".runs" if run_as else settings.DATA_DIR / "runs") / uuid.uuid4().hex),
         )
-        # Each run has a folder of its own: a later run never touches an earlier one's files.
-        root = home / experiment.name / "runs" / str(run.number)
-        _insert_many(MemberRun, list(_member_rows(root, ensembles, spaces, models)), run=run)
+        _insert_many(MemberRun, list(_member_rows(folder, ensembles, spaces, models)), run=run)
         _enqueue_submit(run)
     return run  # run.waiting_for_queue: the task queue could not take it (see QUEUE_UNREACHABLE)
 
@@ -371,23 +550,29 @@ def _enqueue_and_tell(task_name: str, arg, *, sent: str, unreachable: str) -> st
 
 
 def _enqueue_submit(run: Run) -> bool:
-    """Send run_submit for a pending run after commit, and record when in run.enqueued_at.
+    """Send run_submit for a pending run after commit (see _enqueue_recorded)."""
+    return _enqueue_recorded(run, "run_submit", submit_state=SubmitState.PENDING)
 
-    The record is a conditional UPDATE on the enqueued_at ``run`` holds, so that of two
-    callers that saw the same state (two monitors repairing) one sends. If the broker
-    cannot take the task, enqueued_at goes back to None: the run page says why the run
-    waits, and the monitor's next repair pass sends it again (runs_reconcile). Returns
-    whether this call sent (or will send, on commit) the task."""
+
+def _enqueue_recorded(run: Run, task_name: str, **still_wanted) -> bool:
+    """Send a task for ``run`` after commit, and record when in run.enqueued_at.
+
+    The record is a conditional UPDATE on the enqueued_at ``run`` holds (and on
+    ``still_wanted``, the state that calls for the task), so that of two callers that saw
+    the same state (two monitors repairing) one sends. If the broker cannot take the task,
+    enqueued_at goes back to None: the run page says why the run waits, and the monitor's
+    next repair pass sends it again (runs_reconcile). Returns whether this call sent (or
+    will send, on commit) the task."""
     sent_at = timezone.now()
-    if not Run.objects.filter(pk=run.pk, submit_state=SubmitState.PENDING, enqueued_at=run.enqueued_at).update(enqueued_at=sent_at):
+    if not Run.objects.filter(pk=run.pk, enqueued_at=run.enqueued_at, **still_wanted).update(enqueued_at=sent_at):
         return False
     run.enqueued_at = sent_at
 
     def unreachable():
-        Run.objects.filter(pk=run.pk, submit_state=SubmitState.PENDING, enqueued_at=sent_at).update(enqueued_at=None)
+        Run.objects.filter(pk=run.pk, enqueued_at=sent_at, **still_wanted).update(enqueued_at=None)
         run.enqueued_at = None
 
-    _enqueue("run_submit", run.pk, on_unreachable=unreachable)
+    _enqueue(task_name, run.pk, on_unreachable=unreachable)
     return True
 
 
@@ -500,8 +685,10 @@ def run_rerun(*, run: Run) -> str:
     run.refresh_from_db(fields=["submit_state"])
     if run.submit_state in (SubmitState.PENDING, SubmitState.SUBMITTING):
         raise ValidationError("The run is still being submitted; try again in a moment.")
-    if not run.members.filter(latest=True, status__in=RERUNNABLE).exists():
+    entities = set(run.members.filter(latest=True, status__in=RERUNNABLE).values_list("entity", flat=True).distinct())
+    if not entities:
         raise ValidationError("Nothing to re-run: no member of this run failed, was cancelled or was lost.")
+    _refuse_overlap(run.experiment, entities, besides=run.pk)
     return _enqueue_and_tell("run_rerun_failed", run.pk, sent="Re-running the failed, cancelled and lost members as new attempts.",
                              unreachable="The task queue is not reachable, so the failed members cannot be re-run yet; try again in a moment.")
 
@@ -514,6 +701,99 @@ def member_stop(*, member: MemberRun) -> str:
         raise ValidationError(f"{member.name} has already ended ({member.status}): there is nothing to stop.")
     return _enqueue_and_tell("member_cancel", member.pk, sent=f"Stopping {member.name}.",
                              unreachable=f"The task queue is not reachable, so {member.name} cannot be stopped yet; try again in a moment.")
+
+
+# --- deleting runs ------------------------------------------------------------------
+# A delete first moves a run's folders into its home's trash (a rename: instant, and their
+# names are free for new runs at once), then a task removes them and the rows.
+
+DELETE_GRACE_SECONDS = 300  # a delete task not done by then was lost with its worker: send again
+
+
+def _trash_moves(run: Run) -> list[tuple[str, str]]:
+    """(folder, its place in the trash) for the run's member folders and its journals. A run
+    made before runs had folders of their own keeps its member folders (they may be shared)."""
+    trash = home_of(run.run_as, run.experiment.owner) / ".trash"
+    moves = [(run.work_dir, str(trash / f"run-{run.pk}.work"))]
+    if run.folder:
+        moves.append((run.folder, str(trash / f"run-{run.pk}")))
+    return moves
+
+
+def _trash(runs: list[Run]) -> list[tuple[Run, list[tuple[str, str]]]]:
+    """Move the runs' folders to the trash; returns, per run, the moves that put them back
+    (done at once if a move fails part way)."""
+    undo = []
+    try:
+        for run in runs:
+            moves = _trash_moves(run)
+            moved = launching.member_side(run).rename(moves)
+            undo.append((run, [(target, source) for (source, target), was in zip(moves, moved) if was]))
+    except BaseException:
+        _untrash(undo)
+        raise
+    return undo
+
+
+def _untrash(undo) -> None:
+    for run, back in undo:
+        if back:
+            launching.member_side(run).rename(back)
+
+
+@contextlib.contextmanager
+def _trashed(runs: list[Run]):
+    """The runs' folders are in the trash during the block, and back if it fails."""
+    undo = _trash(runs)
+    try:
+        yield
+    except BaseException:
+        _untrash(undo)
+        raise
+
+
+def run_delete(*, run: Run) -> str:
+    """The Delete button of a finished run: the run disappears from every page at once, and
+    a task removes its folders and rows. Refuses (ValidationError) an active run. Returns
+    what to tell the user."""
+    if not Run.objects.filter(pk=run.pk, finished__isnull=False, deleting=False).update(deleting=True, enqueued_at=None):
+        raise ValidationError(f"Run {run.number} is still active: stop it first, then delete it.")
+    run.deleting, run.enqueued_at = True, None
+    try:
+        _trash([run])
+    except LauncherError as error:
+        Run.objects.filter(pk=run.pk).update(deleting=False)
+        raise ValidationError(f"Run {run.number} cannot be deleted: {error}") from None
+    _enqueue_recorded(run, "run_purge", deleting=True)
+    return f"Run {run.number} deleted; its files are being removed."
+
+
+def run_purge(*, run_id: int) -> None:
+    """The task behind a delete: empty the trash of the run's home, then delete its rows.
+    Idempotent: a delete whose request died before the move is moved here."""
+    run = Run.objects.filter(pk=run_id, deleting=True).select_related("experiment__owner").first()
+    if run is None:
+        return
+    side = launching.member_side(run)
+    try:
+        side.rename(_trash_moves(run))
+        side.remove([str(home_of(run.run_as, run.experiment.owner) / ".trash")])
+    except LauncherError as error:  # e.g. sudo refused: the monitor sends the delete again later
+        log.warning("cannot remove the files of run %s: %s", run.pk, error)
+        return
+    run.delete()
+
+
+def trash_empty(*, run_as: str, user_id: int) -> None:
+    """Remove what deleted experiments left in a home's trash."""
+    user = get_user_model().objects.filter(pk=user_id).first()
+    if user is None and not run_as:
+        return
+    side = launching.account(run_as) if run_as else launching.SERVER_SIDE
+    try:
+        side.remove([str(home_of(run_as, user) / ".trash")])
+    except (LauncherError, KeyError) as error:  # sudo refused, or the account is gone
+        log.warning("cannot empty the trash of %s: %s", run_as or user, error)
 
 
 def _cancel_unsubmitted(run_id: int) -> bool:
@@ -559,39 +839,53 @@ RERUNNABLE = (MemberStatus.FAILED, MemberStatus.CANCELLED, MemberStatus.LOST)
 
 def run_rerun_failed(*, run_id: int) -> int:
     """A new attempt for every failed, cancelled or lost member; the old attempt's
-    directory is kept under ``.attempts/`` and linked from the new one."""
-    with transaction.atomic():
-        run = Run.objects.select_for_update().get(pk=run_id)
-        if run.submit_state in (SubmitState.PENDING, SubmitState.SUBMITTING):
-            raise ValidationError("The run is still being submitted; try again in a moment.")
-        old = list(run.members.select_for_update().filter(latest=True, status__in=RERUNNABLE))
-        if not old:
-            return 0
-        # Unique even across runs of the experiment (and data dirs outliving a database).
-        archives = [str(Path(m.cwd).parent / ".attempts" / f"{m.name}.run{run.number}.{m.attempt}-{uuid.uuid4().hex[:6]}")
-                    for m in old]
-        moved = launching.member_side(run).rename([(m.cwd, archive) for m, archive in zip(old, archives)])
-        fresh = []
-        for member, archive, was_moved in zip(old, archives, moved):
-            fresh.append(
-                MemberRun(
-                    run=run, ensemble_id=member.ensemble_id, kind=member.kind, entity=member.entity, name=member.name,
-                    position=member.position, params=member.params, param_names=member.param_names,
-                    params_text=member.params_text,
-                    argv=member.argv, env=member.env,
-                    cwd=member.cwd, attempt=member.attempt + 1, previous=member,
+    directory is kept under ``.attempts/`` and linked from the new one. The folders are
+    moved before the transaction commits, and moved back if it does not."""
+    moved_back = []
+    run = Run.objects.select_related("experiment").get(pk=run_id)
+    try:
+        with transaction.atomic():
+            Experiment.objects.select_for_update().filter(pk=run.experiment_id).exists()  # as run_launch: one at a time
+            run = Run.objects.select_for_update().get(pk=run_id)
+            if run.deleting:
+                return 0
+            if run.submit_state in (SubmitState.PENDING, SubmitState.SUBMITTING):
+                raise ValidationError("The run is still being submitted; try again in a moment.")
+            old = list(run.members.select_for_update().filter(latest=True, status__in=RERUNNABLE))
+            if not old:
+                return 0
+            _refuse_overlap(run.experiment, {m.entity for m in old}, besides=run.pk)
+            # Unique even across runs of the experiment (and data dirs outliving a database).
+            archives = [str(Path(m.cwd).parent / ".attempts" / f"{m.name}.run{run.number}.{m.attempt}-{uuid.uuid4().hex[:6]}")
+                        for m in old]
+            side = launching.member_side(run)
+            moved = side.rename([(m.cwd, archive) for m, archive in zip(old, archives)])
+            moved_back = [(archive, m.cwd) for m, archive, was in zip(old, archives, moved) if was]
+            fresh = []
+            for member, archive, was_moved in zip(old, archives, moved):
+                fresh.append(
+                    MemberRun(
+                        run=run, ensemble_id=member.ensemble_id, kind=member.kind, entity=member.entity, name=member.name,
+                        position=member.position, params=member.params, param_names=member.param_names,
+                        params_text=member.params_text,
+                        argv=member.argv, env=member.env,
+                        cwd=member.cwd, attempt=member.attempt + 1, previous=member,
+                    )
                 )
-            )
-            member.latest = False
-            if was_moved:
-                member.cwd = archive
-        MemberRun.objects.bulk_update(old, ["latest", "cwd"], batch_size=2000)
-        MemberRun.objects.bulk_create(fresh, batch_size=2000)
-        Run.objects.filter(pk=run.pk).update(submit_state=SubmitState.PENDING, finished=None, submit_error="")
-        run.submit_state = SubmitState.PENDING
-        _enqueue_submit(run)
-        # The new attempts are new rows: pages that watch the run reload their table.
-        transaction.on_commit(partial(realtime.run_changed, run.pk, [], reload=True))
+                member.latest = False
+                if was_moved:
+                    member.cwd = archive
+            MemberRun.objects.bulk_update(old, ["latest", "cwd"], batch_size=2000)
+            MemberRun.objects.bulk_create(fresh, batch_size=2000)
+            Run.objects.filter(pk=run.pk).update(submit_state=SubmitState.PENDING, finished=None, submit_error="")
+            run.submit_state = SubmitState.PENDING
+            _enqueue_submit(run)
+            # The new attempts are new rows: pages that watch the run reload their table.
+            transaction.on_commit(partial(realtime.run_changed, run.pk, [], reload=True))
+    except BaseException:
+        if moved_back:
+            side.rename(moved_back)
+        raise
     return len(fresh)
 
 
@@ -747,6 +1041,16 @@ def _resend_unclaimed() -> None:
             break
 
 
+def _resend_lost_deletes() -> None:
+    """Send run_purge again for a deleted run whose sending failed, or whose task has not
+    removed it within DELETE_GRACE_SECONDS (its worker died; a duplicate is harmless)."""
+    cutoff = timezone.now() - timedelta(seconds=DELETE_GRACE_SECONDS)
+    lost = Run.objects.filter(Q(enqueued_at__isnull=True) | Q(enqueued_at__lt=cutoff), deleting=True)
+    for run in lost.only("pk", "enqueued_at").order_by("pk"):
+        if _enqueue_recorded(run, "run_purge", deleting=True) and run.enqueued_at is None:
+            break  # the broker is down: the next pass tries again
+
+
 def runs_reconcile() -> dict[int, list[int]]:
     """Bring unfinished members in line with what the launchers recorded, resume
     submissions whose worker died or whose task never reached a worker, and resubmit
@@ -761,6 +1065,7 @@ def runs_reconcile() -> dict[int, list[int]]:
                 run.submit_state = SubmitState.PENDING
                 _enqueue_submit(run)
     _resend_unclaimed()
+    _resend_lost_deletes()
     changed: dict[int, list[int]] = {}
     for run in Run.objects.filter(finished__isnull=True, submit_state__in=SUBMISSION_OVER):
         # Only ids and statuses: this runs every few seconds for every unfinished run.

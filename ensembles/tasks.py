@@ -31,3 +31,13 @@ def member_cancel(member_id: int) -> None:
 @shared_task
 def run_rerun_failed(run_id: int) -> int:
     return services.run_rerun_failed(run_id=run_id)
+
+
+@shared_task
+def run_purge(run_id: int) -> None:
+    services.run_purge(run_id=run_id)
+
+
+@shared_task
+def trash_empty(run_as: str, user_id: int) -> None:
+    services.trash_empty(run_as=run_as, user_id=user_id)

@@ -29,6 +29,8 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 from . import plots, realtime, selectors, services
 from .expansion import ExpansionError, expand
 from .forms import AttachFileForm, EnsembleForm, ExperimentForm, LaunchForm, MemberForm, ParamFormSet
+from .generation import FileRefused, browse_folder
+from .member_filter import FilterError
 from .models import TERMINAL_STATUSES, Ensemble, Member, MemberStatus, Strategy
 from .values import is_numeric
 
@@ -105,7 +107,7 @@ def experiment_detail(request, pk):
             ensemble.member_count = ensemble.space().size
         except (ValidationError, ExpansionError):
             ensemble.member_count = None
-    models = experiment.members.filter(ensemble__isnull=True)
+    models = list(experiment.members.filter(ensemble__isnull=True))
     return render(
         request,
         "ensembles/experiment_detail.html",
@@ -114,9 +116,16 @@ def experiment_detail(request, pk):
             "ensembles": ensembles,
             "models": models,
             "runs": selectors.runs_of(experiment),
-            "launch_form": LaunchForm(),
+            "launch_form": _launch_form(experiment, ensembles=ensembles, models=models),
         },
     )
+
+
+def _launch_form(experiment, data=None, *, ensembles=None, models=None) -> LaunchForm:
+    ensembles = experiment.ensembles.all() if ensembles is None else ensembles
+    models = experiment.members.filter(ensemble__isnull=True) if models is None else models
+    return LaunchForm(data, entities=[e.name for e in ensembles] + [m.name for m in models],
+                      busy=selectors.busy_entities(experiment))
 
 
 @require_http_methods(["GET", "POST"])
@@ -158,6 +167,7 @@ def _ensemble_initial(ensemble: Ensemble | None):
         form_initial = {"seed": random.randrange(2**31), "replicas": 1, "tag": ";", "key_prefixing": True}
         return form_initial, [{"name": "", "values": ""}]
     form_initial = {
+        "version": ensemble.version,
         "name": ensemble.name,
         "description": ensemble.description,
         "perm_strategy": ensemble.perm_strategy,
@@ -174,6 +184,22 @@ def _ensemble_initial(ensemble: Ensemble | None):
         for row in ensemble.params
     ]
     return form_initial, rows
+
+
+# An ensemble's parameters are formset rows, not fields of its form.
+CONFLICT_LABELS = {"params": "Parameters", "params_as_args": "Parameters passed as arguments"}
+
+
+def _conflict(form, conflict: services.EditConflict, current_values: dict, url: str) -> dict:
+    """The conflict banner: its message, a link to the current version, and the current value
+    of each field the refused save would have changed, written as the form writes it."""
+    differences = []
+    for name in conflict.changed:
+        label = form[name].label if name in form.fields else CONFLICT_LABELS.get(name, name.replace("_", " ").capitalize())
+        value = current_values.get(name)
+        value = "yes" if value is True else "no" if value is False else None if value in (None, "") else value
+        differences.append((label, value))
+    return {"message": conflict.messages[0], "url": url, "differences": differences}
 
 
 def _int_from(data, key: str, default: int = 0) -> int:
@@ -256,14 +282,26 @@ def ensemble_edit(request, pk=None, experiment_pk=None):
     else:
         ensemble = None
         experiment = selectors.experiment_get(request.user, experiment_pk)
+    conflict = None
     if request.method == "POST":
         form = EnsembleForm(request.POST)
         formset = ParamFormSet(request.POST, prefix="params")
         if form.is_valid() and formset.is_valid():
             try:
                 ensemble = services.ensemble_save(
-                    experiment=experiment, ensemble=ensemble, spec=form.ensemble_spec(formset.rows())
+                    experiment=experiment,
+                    ensemble=ensemble,
+                    spec=form.ensemble_spec(formset.rows()),
+                    expected_version=form.expected_version,
                 )
+            except services.EditConflict as error:
+                # The user's input stays in the form, which now carries the current version.
+                ensemble = error.current
+                form.carry_version(ensemble.version)
+                current, _ = _ensemble_initial(ensemble)
+                current["params"] = "; ".join(f"{row['name']} = {row['values']}" for row in ensemble.params)
+                current["params_as_args"] = ", ".join(ensemble.params_as_args)
+                conflict = _conflict(form, error, current, reverse("ensembles:ensemble_edit", args=[ensemble.pk]))
             except ValidationError as error:
                 form.apply_errors(error)
             else:
@@ -274,7 +312,7 @@ def ensemble_edit(request, pk=None, experiment_pk=None):
         form = EnsembleForm(initial=form_initial)
         formset = ParamFormSet(initial=rows, prefix="params")
     # The preview itself is fetched by htmx as soon as the page loads (one code path).
-    context = {"form": form, "formset": formset, "ensemble": ensemble, "experiment": experiment}
+    context = {"form": form, "formset": formset, "ensemble": ensemble, "experiment": experiment, "conflict": conflict}
     context["attach_form"] = AttachFileForm()
     context["attached_files"] = selectors.attached_files(ensemble) if ensemble else []
     context["preview_url"] = (
@@ -329,22 +367,46 @@ def file_attach(request, pk):
                 services.file_attach_path(owner=ensemble, path=form.cleaned_data["path"], action=form.cleaned_data["action"])
         except ValidationError as error:
             form.apply_errors(error)
+    browse = request.POST.get("browse", "")  # the browser stays open where it was, to attach more from there
     if form.errors:
-        return _attached_files(request, ensemble, form, status=422)
-    return _files_changed(request, ensemble)
+        return _attached_files(request, ensemble, form, status=422, browse=browse)
+    return _files_changed(request, ensemble, browse=browse)
 
 
-def _attached_files(request, owner, attach_form=None, status=200):
-    """The attached-files fragment of an ensemble (with its attach form) or of a member or
-    model (whose files are only listed, and detached, on its page)."""
+def _browser(path: str, *, query: str = "", show_hidden: bool = False) -> tuple[dict, int]:
+    """The file browser's context for one folder of FLOTILLA_FILE_ROOTS, and its status."""
+    context = {"query": query, "show_hidden": show_hidden, "several_roots": len(settings.FILE_ROOTS) > 1}
+    try:
+        context["listing"] = browse_folder(path, settings.FILE_ROOTS, query=query, show_hidden=show_hidden)
+    except FileRefused as error:
+        return {**context, "browse_error": str(error)}, 422
+    return context, 200
+
+
+@require_GET
+def file_browse(request):
+    """One folder of the server folders files may be attached from (htmx swaps it into the
+    attach form). The folders are the same for every user; paths outside them are refused."""
+    context, status = _browser(
+        request.GET.get("path", ""), query=request.GET.get("q", "")[:200], show_hidden=request.GET.get("hidden") == "1"
+    )
+    return render(request, "ensembles/partials/file_browser.html", context, status=status)
+
+
+def _attached_files(request, owner, attach_form=None, status=200, browse=""):
+    """The attached-files fragment of an ensemble (with its attach form, and the file browser
+    open at ``browse`` if given) or of a member or model (whose files are only listed, and
+    detached, on its page)."""
     context = {"attached_files": selectors.attached_files(owner), "files_owner": owner}
     if isinstance(owner, Ensemble):
         context.update(ensemble=owner, attach_form=attach_form or AttachFileForm())
+        if browse:
+            context.update(_browser(browse)[0], browser_open=True)
     return render(request, "ensembles/partials/attached_files.html", context, status=status)
 
 
-def _files_changed(request, owner):
-    response = _attached_files(request, owner)
+def _files_changed(request, owner, **fragment):
+    response = _attached_files(request, owner, **fragment)
     response["HX-Trigger"] = "files-changed"  # the builder refreshes its preview
     return response
 
@@ -365,7 +427,7 @@ def file_detach(request, pk):
     with transaction.atomic():
         services.file_detach(attached=attached)
         if request.htmx:
-            return _files_changed(request, owner)
+            return _files_changed(request, owner, browse=request.POST.get("browse", ""))
         messages.success(request, f"'{attached.name}' detached.")
         return redirect(_owner_url(owner))
 
@@ -385,11 +447,23 @@ def member_edit(request, pk=None, experiment_pk=None, ensemble_pk=None):
         experiment = ensemble.experiment
     else:
         experiment = selectors.experiment_get(request.user, experiment_pk)
+    conflict = None
     if request.method == "POST":
         form = MemberForm(request.POST)
         if form.is_valid():
             try:
-                member = services.member_save(experiment=experiment, ensemble=ensemble, member=member, spec=form.member_spec())
+                member = services.member_save(
+                    experiment=experiment,
+                    ensemble=ensemble,
+                    member=member,
+                    spec=form.member_spec(),
+                    expected_version=form.expected_version,
+                )
+            except services.EditConflict as error:
+                member = error.current
+                form.carry_version(member.version)
+                url = reverse("ensembles:member_edit", args=[member.pk])
+                conflict = _conflict(form, error, MemberForm.initial_for(member), url)
             except ValidationError as error:
                 form.apply_errors(error)
             else:
@@ -407,6 +481,7 @@ def member_edit(request, pk=None, experiment_pk=None, ensemble_pk=None):
             "member": member,
             "ensemble": ensemble,
             "experiment": experiment,
+            "conflict": conflict,
             "attached_files": selectors.attached_files(member) if member else [],
         },
     )
@@ -431,12 +506,13 @@ def member_delete(request, pk):
 @require_POST
 def run_launch(request, pk):
     experiment = selectors.experiment_get(request.user, pk)
-    form = LaunchForm(request.POST)
+    form = _launch_form(experiment, request.POST)
     if not form.is_valid():
-        messages.error(request, " ".join(form.errors.get("concurrency", ["Invalid launch options."])))
+        messages.error(request, " ".join(message for errors in form.errors.values() for message in errors))
         return redirect("ensembles:experiment_detail", pk=experiment.pk)
     try:
-        run = services.run_launch(user=request.user, experiment=experiment, concurrency=form.cleaned_data["concurrency"])
+        run = services.run_launch(user=request.user, experiment=experiment, concurrency=form.cleaned_data["concurrency"],
+                                  entities=form.cleaned_data["entities"])
     except ValidationError as error:
         messages.error(request, " ".join(error.messages))
         return redirect("ensembles:experiment_detail", pk=experiment.pk)
@@ -449,7 +525,8 @@ def _members_page(request, run):
     return selectors.run_members_page(
         run,
         status=request.GET.get("status", ""),
-        param=request.GET.get("param", ""),
+        q=request.GET.get("q", ""),
+        param=request.GET.get("param", ""),  # old links: "param equals value"
         value=request.GET.get("value", ""),
         sort=request.GET.get("sort", "position"),
         page=_int_from(request.GET, "page", 1),
@@ -470,22 +547,53 @@ def run_detail(request, pk):
     run = selectors.run_get(request.user, pk)
     mark = realtime.run_mark()  # before reading: what changes meanwhile comes on connect
     members = _members_page(request, run)
-    whole_run = members.pages == 1 and not members.status and not (members.param and members.value != "")
+    whole_run = members.pages == 1 and not members.filtered and not members.error
     context = {
         "mark": mark,
         **selectors.run_summary(run.pk, members=members.rows if whole_run else None),
         "members": members,
-        "param_names": selectors.run_param_names(run),
         "statuses": MemberStatus.values,
-        "sorts": selectors.MEMBER_SORTS,
+        "siblings": selectors.run_siblings(request.user, run),
     }
     return render(request, "ensembles/run_detail.html", context)
 
 
 @require_GET
 def run_members(request, pk):
+    """The member table (filters, sort and page from the query). A filter that cannot be
+    used is answered with its error alone, swapped in beside the field (422): the table
+    keeps showing what the last good filter found."""
     run = selectors.run_get(request.user, pk)
-    return render(request, "ensembles/partials/run_members.html", {"run": run, "members": _members_page(request, run)})
+    members = _members_page(request, run)
+    if members.error:
+        response = render(request, "ensembles/partials/member_filter_error.html", {"members": members}, status=422)
+        response["HX-Retarget"] = "#member-filter-error"
+        response["HX-Reswap"] = "outerHTML"
+        return response
+    return render(request, "ensembles/partials/run_members.html", {"run": run, "members": members, "fragment": True})
+
+
+@require_GET
+def run_compare(request, pk):
+    """Two runs of one experiment side by side; the other run is ``?other=<pk>`` (the run
+    page's menu), another user's is a 404, one of another experiment a 400."""
+    run = selectors.run_get(request.user, pk)
+    context = {"run": run, "siblings": selectors.run_siblings(request.user, run)}
+    if "other" not in request.GET:
+        return render(request, "ensembles/run_compare.html", context)
+    other_pk = _int_from(request.GET, "other", 0)
+    if other_pk <= 0 or other_pk == run.pk:
+        context["error"] = "Pick another run of this experiment to compare with."
+        return render(request, "ensembles/run_compare.html", context, status=400)
+    other = selectors.run_get(request.user, other_pk)
+    if other.experiment_id != run.experiment_id:
+        context["error"] = (
+            f"Run {other.number} belongs to experiment '{other.experiment.name}', not '{run.experiment.name}': "
+            "only runs of one experiment can be compared."
+        )
+        return render(request, "ensembles/run_compare.html", context, status=400)
+    context.update(other=other, comparison=selectors.run_compare(run, other, page=_int_from(request.GET, "page", 1)))
+    return render(request, "ensembles/run_compare.html", context)
 
 
 def _queued(message: str) -> HttpResponse:
@@ -511,6 +619,21 @@ def run_rerun(request, pk):
         return _queued(services.run_rerun(run=run))
     except ValidationError as error:
         return _refused(error)
+
+
+@require_http_methods(["GET", "POST"])
+def run_delete(request, pk):
+    run = selectors.run_get(request.user, pk)
+    experiment_url = reverse("ensembles:experiment_detail", args=[run.experiment_id])
+    if request.method == "POST":
+        try:
+            messages.success(request, services.run_delete(run=run))
+        except ValidationError as error:
+            messages.error(request, " ".join(error.messages))
+            return redirect("ensembles:run_detail", pk=run.pk)
+        return redirect(experiment_url)
+    cancel_url = reverse("ensembles:run_detail", args=[run.pk])
+    return render(request, "ensembles/confirm_delete.html", {"object": run, "kind": "run", "cancel_url": cancel_url})
 
 
 @require_POST
@@ -568,13 +691,20 @@ def member_run_file(request, pk, name):
 @require_GET
 def run_export(request, pk, fmt):
     """The run's members as CSV or JSON, streamed: rows are read EXPORT_CHUNK at a time
-    and sent EXPORT_ROWS_PER_CHUNK to a piece, never the whole run in memory."""
+    and sent EXPORT_ROWS_PER_CHUNK to a piece, never the whole run in memory. Filtered
+    and sorted as the member table (``status``, ``q``, ``sort``) when given."""
     run = selectors.run_get(request.user, pk)
+    try:
+        members = selectors.run_export_members(
+            run, status=request.GET.get("status", ""), q=request.GET.get("q", ""), sort=request.GET.get("sort", "position")
+        )
+    except FilterError as error:
+        return HttpResponse(f"The filter cannot be used: {error}", status=400, content_type="text/plain; charset=utf-8")
     filename = f"{run.experiment.name}-run{run.number}.{fmt}"
     if fmt == "json":
-        pieces, content_type = _export_json(selectors.run_export_rows(run)), "application/json"
+        pieces, content_type = _export_json(selectors.run_export_rows(run, members)), "application/json"
     else:
-        pieces, content_type = _export_csv(run), "text/csv"
+        pieces, content_type = _export_csv(run, members), "text/csv"
     if isinstance(request, ASGIRequest):  # a sync iterator would be read to the end before the first byte goes
         pieces = _in_thread(pieces)
     response = StreamingHttpResponse(pieces, content_type=content_type)
@@ -592,11 +722,11 @@ class _Line:
         return value
 
 
-def _export_csv(run):
+def _export_csv(run, members):
     columns = selectors.run_export_columns(run)
     writer = csv.writer(_Line())
     yield writer.writerow(columns)
-    for rows in _batched(selectors.run_export_rows(run), EXPORT_ROWS_PER_CHUNK):
+    for rows in _batched(selectors.run_export_rows(run, members), EXPORT_ROWS_PER_CHUNK):
         yield "".join(writer.writerow([_flat(row, column) for column in columns]) for row in rows)
 
 

@@ -16,6 +16,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import shutil
 import socket
 import stat
 import subprocess
@@ -27,6 +28,12 @@ from .base import JobSpec, JobStatus, Launcher, LauncherError
 AGENT = Path("launchers") / "agent.py"
 RELAY = Path(__file__).with_name("relay.py")
 COMMAND_ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8"}  # all that sudo and the agent get
+
+
+def _gone_is_fine(function, path, exc_info):
+    """shutil.rmtree's onerror (Python 3.11 has no onexc): what vanished meanwhile is no error."""
+    if not isinstance(exc_info[1], FileNotFoundError):
+        raise exc_info[1]
 
 
 class ServerSide:
@@ -74,6 +81,15 @@ class ServerSide:
             except FileNotFoundError:
                 moved.append(False)
         return moved
+
+    def remove(self, folders: list[str]) -> None:
+        """Delete folders and everything in them; one already gone is no error. Links are
+        removed, never followed (shutil.rmtree works by descriptors, safe against swaps)."""
+        for folder in folders:
+            if os.path.islink(folder):
+                os.unlink(folder)
+                continue
+            shutil.rmtree(folder, onerror=_gone_is_fine)
 
 
 class Account(ServerSide):
@@ -162,6 +178,9 @@ class Account(ServerSide):
 
     def rename(self, moves: list[tuple[str, str]]) -> list[bool]:
         return self.call("rename", {"moves": moves})
+
+    def remove(self, folders: list[str]) -> None:
+        self.call("remove", {"folders": folders})
 
     def stage(self, folder: str, files: dict[str, str]) -> None:
         """Copy server files ({source: name in folder}) into ``folder``, as the account."""

@@ -19,7 +19,9 @@ Verbs (see ``launchers.accounts`` for the server's side):
             the account's folders itself
   stage     write files that follow on stdin into a folder (the server's private inputs, e.g.
             uploads, that members of this account need)
-  rename    move folders aside (a re-run keeps the earlier attempts)
+  rename    move folders aside (a re-run keeps the earlier attempts; a delete moves a run's
+            folders to the trash first)
+  remove    delete folders (emptying the trash of deleted runs)
 """
 
 from __future__ import annotations
@@ -96,7 +98,11 @@ def rename(request: dict) -> list[bool]:
     return ServerSide().rename([tuple(move) for move in request["moves"]])
 
 
-VERBS = {"launcher": launcher, "list": list_folder, "rename": rename}
+def remove(request: dict) -> None:
+    ServerSide().remove(request["folders"])
+
+
+VERBS = {"launcher": launcher, "list": list_folder, "rename": rename, "remove": remove}
 
 
 def main() -> int:

@@ -114,3 +114,16 @@
   document.addEventListener("DOMContentLoaded", function () { renderPlots(document); });
   document.addEventListener("htmx:afterSettle", function (event) { renderPlots(event.detail.elt); });
 })();
+
+// The attach form's file browser: a file (or a folder's "Use") fills the path field.
+// A click handler here, as the Content-Security-Policy allows no inline script.
+(function () {
+  "use strict";
+  document.addEventListener("click", function (event) {
+    var pick = event.target.closest("[data-attach-path]");
+    var field = pick && document.querySelector("#attach-form [name='path']");
+    if (!field) return;
+    field.value = pick.dataset.attachPath;
+    field.focus();
+  });
+})();

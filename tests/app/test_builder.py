@@ -146,7 +146,8 @@ def test_editing_an_ensemble_shows_its_rows_and_saves_changes(alice_client, ense
     page = alice_client.get(reverse("ensembles:ensemble_edit", args=[ensemble.pk])).content.decode()
     assert 'value="alpha"' in page and 'value="1, 2"' in page
     alice_client.post(
-        reverse("ensembles:ensemble_edit", args=[ensemble.pk]), form_data([("alpha", "1, 2, 3")], name="sweep")
+        reverse("ensembles:ensemble_edit", args=[ensemble.pk]),
+        form_data([("alpha", "1, 2, 3")], name="sweep", version=str(ensemble.version)),
     )
     ensemble.refresh_from_db()
     assert len(ensemble.space()) == 3

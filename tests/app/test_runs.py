@@ -78,7 +78,7 @@ def test_launch_refuses_with_a_clear_message(alice_client, alice, experiment, se
 
 def test_a_second_launch_waits_for_the_active_run(alice_client, run, experiment):
     response = alice_client.post(reverse("ensembles:run_launch", args=[experiment.pk]), follow=True)
-    assert "Run 1 of this experiment is still active" in response.content.decode()
+    assert "Run 1 is still active with" in response.content.decode()
     run.finished = run.created
     run.save()
     alice_client.post(reverse("ensembles:run_launch", args=[experiment.pk]))

@@ -192,3 +192,15 @@ def test_cancel_and_the_log_tail_work_through_the_account(stack, user_mode, alic
         "flotilla_params.json", f"{first.name}.err", f"{first.name}.out"]
     services.run_cancel(run_id=run.pk)
     wait_for(lambda: _finished(run), message="the second attempts cancelled")
+    wait_for(lambda: Run.objects.get(pk=run.pk).finished, message="the re-run finished")
+
+    # Deleting the run removes its folders (every attempt) and journals as the account.
+    run.refresh_from_db()
+    assert services.run_delete(run=run).startswith("Run 1 deleted")
+    home = launching.account_root(user_mode["alice"])
+    listing = launching.account(user_mode["alice"]).list_folder(str(home / ".trash"), offset=0, limit=10)
+    assert sorted(e["name"] for e in listing["entries"]) == [f"run-{run.pk}", f"run-{run.pk}.work"]
+    services.run_purge(run_id=run.pk)
+    assert not Run.objects.filter(pk=run.pk).exists()
+    assert launching.account(user_mode["alice"]).list_folder(str(home / ".trash"), offset=0, limit=10)["exists"] is False
+    assert launching.account(user_mode["alice"]).list_folder(str(home / "long" / "runs"), offset=0, limit=10)["total"] == 0

@@ -146,11 +146,15 @@ def test_resolve_source_refuses_a_sibling_folder_sharing_the_root_prefix(root, t
         resolve_source(sibling / "f.txt", [root])
 
 
-@pytest.mark.parametrize("relative", ["in.txt", "root/in.txt", "./in.txt"])
-def test_resolve_source_refuses_relative_paths(root, relative, monkeypatch):
-    monkeypatch.chdir(root)
-    with pytest.raises(FileRefused, match="absolute"):
-        resolve_source(relative, [root])
+@pytest.mark.parametrize("relative", ["in.txt", "./in.txt", "sub/../in.txt"])
+def test_resolve_source_looks_relative_paths_up_in_the_roots(root, relative):
+    assert resolve_source(relative, [root]) == (root / "in.txt").resolve()
+
+
+def test_resolve_source_never_looks_relative_paths_up_in_the_working_directory(root, monkeypatch):
+    monkeypatch.chdir(root.parent)
+    with pytest.raises(FileRefused, match="in none of the folders"):
+        resolve_source("root/in.txt", [root])
 
 
 def test_resolve_source_refuses_a_missing_file(root):
