@@ -1,15 +1,17 @@
 from django import forms
 from django.conf import settings
-from django.contrib import admin
+from django.contrib import admin, messages
 from django.contrib.auth import get_user_model
 from django.contrib.auth.admin import UserAdmin
 from django.core.exceptions import NON_FIELD_ERRORS, ValidationError
 from django.urls import reverse
 from django.utils.html import format_html
 
+from launchers.base import LauncherError
+
 from . import services
 from .forms import BATCH_FIELDS, RUN_FIELDS, SettingsForm, VersionedForm
-from .models import AttachedFile, Ensemble, Experiment, Member, MemberRun, Run, StatusEvent, UnixAccount
+from .models import AttachedFile, Cluster, Ensemble, Experiment, Member, MemberRun, Run, StatusEvent, UnixAccount
 
 User = get_user_model()
 
@@ -27,11 +29,29 @@ class EnsembleInline(admin.TabularInline):
         return False
 
 
+@admin.register(Cluster)
+class ClusterAdmin(admin.ModelAdmin):
+    list_display = ["name", "scheduler", "poll_interval", "max_array_size", "max_job_count", "limits_read_at"]
+    list_filter = ["scheduler"]
+    readonly_fields = ["max_array_size", "max_job_count", "limits_read_at"]
+    actions = ["read_limits"]
+
+    @admin.action(description="Read the site limits from the scheduler")
+    def read_limits(self, request, queryset):
+        for cluster in queryset:
+            try:
+                services.cluster_read_limits(cluster=cluster)
+            except LauncherError as error:
+                self.message_user(request, f"{cluster}: {error}", messages.ERROR)
+            else:
+                self.message_user(request, f"{cluster}: MaxArraySize {cluster.max_array_size}, MaxJobCount {cluster.max_job_count}.")
+
+
 @admin.register(Experiment)
 class ExperimentAdmin(admin.ModelAdmin):
-    list_display = ["name", "owner", "launcher", "created"]
-    list_filter = ["owner", "launcher", "created"]
-    list_select_related = ["owner"]
+    list_display = ["name", "owner", "cluster", "created"]
+    list_filter = ["owner", "cluster", "created"]
+    list_select_related = ["owner", "cluster"]
     search_fields = ["name", "owner__username"]
     inlines = [EnsembleInline]
 
@@ -190,8 +210,8 @@ class RunFilter(admin.SimpleListFilter):
 
 @admin.register(Run)
 class RunAdmin(ReadOnlyAdmin):
-    list_display = ["__str__", "owner", "launcher", "submit_state", "concurrency", "run_as", "created", "finished", "members"]
-    list_filter = ["submit_state", "launcher", "experiment__owner", "created", "finished"]
+    list_display = ["__str__", "owner", "cluster", "submit_state", "concurrency", "run_as", "created", "finished", "members"]
+    list_filter = ["submit_state", "launcher", "cluster", "experiment__owner", "created", "finished"]
     list_select_related = ["experiment__owner"]
     search_fields = ["experiment__name", "experiment__owner__username"]
     date_hierarchy = "created"

@@ -13,9 +13,9 @@ from django import forms
 from django.conf import settings
 from django.core.exceptions import ValidationError
 
-from . import specs
+from . import launching, specs
 from .expansion import format_value
-from .models import PARAM_NAME, Experiment, FileAction, Launcher, Strategy, name_validator
+from .models import PARAM_NAME, Cluster, Experiment, FileAction, Launcher, Strategy, name_validator
 from .values import ValueSyntaxError, infer_type, parse_values
 
 RUN_FIELDS = ("exe", "exe_args", "run_command", "run_args", "env_vars")
@@ -63,41 +63,47 @@ class ApplyErrorsMixin:
             self.add_error(key if key in self.fields else None, messages)
 
 
-# The launchers a run can use today (services._resolve_launcher refuses the others at
-# launch; tests/app/test_dashboard_truth.py keeps the two in step).
-AVAILABLE_LAUNCHERS = frozenset({Launcher.LOCAL, Launcher.AUTO})
 NOT_AVAILABLE_NOTE = "not available yet"
-_NOT_AVAILABLE = [label for value, label in Launcher.choices if value not in AVAILABLE_LAUNCHERS]
 
 
-class LauncherSelect(forms.Select):
-    """A launcher menu whose launchers that are not available yet are shown, but disabled."""
+class ClusterSelect(forms.Select):
+    """A cluster menu whose clusters with a scheduler Flotilla cannot drive yet are shown, but disabled."""
 
     def create_option(self, name, value, label, selected, index, subindex=None, attrs=None):
         option = super().create_option(name, value, label, selected, index, subindex=subindex, attrs=attrs)
-        if value and value not in AVAILABLE_LAUNCHERS:
-            option["attrs"]["disabled"] = True
-            option["label"] = f"{label} ({NOT_AVAILABLE_NOTE})"
+        cluster = getattr(value, "instance", None)
+        if cluster is not None:
+            option["label"] = f"{cluster.name} ({cluster.get_scheduler_display()})"
+            if cluster.scheduler not in launching.AVAILABLE_SCHEDULERS:
+                option["attrs"]["disabled"] = True
+                option["label"] += f" — {NOT_AVAILABLE_NOTE}"
         return option
 
 
 class ExperimentForm(ApplyErrorsMixin, forms.ModelForm):
     class Meta:
         model = Experiment
-        fields = ["name", "description", "launcher"]
-        widgets = {"description": forms.Textarea(attrs={"rows": 3}), "launcher": LauncherSelect}
+        fields = ["name", "description", "cluster"]
+        widgets = {"description": forms.Textarea(attrs={"rows": 3}), "cluster": ClusterSelect}
         help_texts = {
             "name": "Used as a folder name: letters, digits, '_', '.', '-'.",
-            "launcher": f"{', '.join(_NOT_AVAILABLE)}: {NOT_AVAILABLE_NOTE}.",
+            "cluster": "Where its members run. Detect at launch: a PBS, LSF or Slurm cluster whose commands are "
+                       "on this server's PATH, in that order (SmartSim's), else local processes.",
         }
 
-    def clean_launcher(self):
-        launcher = self.cleaned_data["launcher"]
-        if launcher not in AVAILABLE_LAUNCHERS:
-            raise ValidationError(
-                f"The {Launcher(launcher).label} launcher is {NOT_AVAILABLE_NOTE}: choose Local processes or Detect at launch."
-            )
-        return launcher
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        field = self.fields["cluster"]
+        field.empty_label = "Detect at launch"
+        field.label = "Cluster"
+        if self.instance.pk is None and not self.is_bound:
+            field.initial = Cluster.objects.filter(scheduler=Launcher.LOCAL).order_by("pk").first()
+
+    def clean_cluster(self):
+        cluster = self.cleaned_data["cluster"]
+        if cluster is not None and cluster.scheduler not in launching.AVAILABLE_SCHEDULERS:
+            raise ValidationError(f"{cluster.get_scheduler_display()} clusters are {NOT_AVAILABLE_NOTE}: choose another cluster.")
+        return cluster
 
 
 class VersionedForm(forms.Form):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pwd
+import subprocess
 from pathlib import Path
 
 from django.conf import settings
@@ -10,6 +11,8 @@ from django.conf import settings
 from launchers.accounts import Account, AccountLauncher, ServerSide
 from launchers.base import JobSpec, JobState, Launcher, LauncherError
 from launchers.local import LocalLauncher, member_base_env
+from launchers import slurm
+from launchers.slurm import SlurmLauncher
 
 from .models import MemberRun, MemberStatus, Run
 
@@ -38,9 +41,17 @@ def member_side(run: Run) -> ServerSide:
     return account(run.run_as) if run.run_as else SERVER_SIDE
 
 
+# The schedulers whose clusters Flotilla drives today, and the command that shows one
+# is installed (SmartSim's detection order for "auto": PBS, then LSF, then Slurm).
+AVAILABLE_SCHEDULERS = frozenset({"local", "slurm"})
+DETECTION_ORDER = (("pbs", "qsub"), ("lsf", "bsub"), ("slurm", "sbatch"))
+
+
 def launcher_for(run: Run) -> Launcher:
+    if run.launcher == "slurm":
+        return _slurm_launcher(run)
     if run.launcher != "local":
-        raise LauncherError(f"The {run.launcher} launcher is not available yet; use the local launcher.")
+        raise LauncherError(f"The {run.launcher} launcher is not available yet.")
     options = {"work_dir": run.work_dir, "stream": settings.EVENT_STREAM, "grace": settings.CANCEL_GRACE_SECONDS,
                "max_output_bytes": settings.MAX_OUTPUT_BYTES}
     if run.run_as:
@@ -52,14 +63,36 @@ def launcher_for(run: Run) -> Launcher:
     return LocalLauncher(redis_url=settings.REDIS_URL, **options)
 
 
+def read_site_limits(cluster) -> dict[str, int]:
+    """The cluster's limits as its scheduler states them: {"MaxArraySize": n, "MaxJobCount": n}."""
+    if cluster.scheduler != "slurm":
+        raise LauncherError(f"Limits can be read from Slurm clusters only, not from {cluster.get_scheduler_display()}.")
+    try:
+        result = subprocess.run(["scontrol", "show", "config"], env={**member_base_env(), **cluster.env},
+                                capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired) as error:
+        raise LauncherError(f"scontrol could not be run: {error}") from None
+    if result.returncode:
+        raise LauncherError(result.stderr.strip() or f"scontrol exited with {result.returncode}")
+    return slurm.site_limits(result.stdout)
+
+
+def _slurm_launcher(run: Run) -> SlurmLauncher:
+    if run.run_as:
+        raise LauncherError("Slurm members cannot run as their owner's account yet (FLOTILLA_RUN_AS=user).")
+    return SlurmLauncher(work_dir=run.work_dir, env=run.cluster.env)
+
+
 # What job_spec reads of a member (with files_key and status): load members with .only(*JOB_FIELDS).
 JOB_FIELDS = ("run", "ensemble", "kind", "entity", "name", "params", "param_names", "params_text", "argv", "env", "cwd", "status")
 
 
-def job_spec(member: MemberRun, *, files: dict | None = None, roots: list[str] = (), results_file: str = "") -> JobSpec:
+def job_spec(member: MemberRun, *, files: dict | None = None, roots: list[str] = (), results_file: str = "",
+             resources: dict | None = None) -> JobSpec:
     """The member as a launcher job; with ``files``, the job generates its directory
     (ensembles.generation.prepare_member) just before it starts; with ``results_file``,
-    its runner reads that file's numbers when it completes."""
+    its runner reads that file's numbers when it completes; ``resources``: its batch
+    settings, for a scheduler."""
     prepare = None
     if files is not None:
         prepare = {
@@ -83,4 +116,5 @@ def job_spec(member: MemberRun, *, files: dict | None = None, roots: list[str] =
         stderr=member.stderr,
         prepare=prepare,
         results_file=results_file,
+        resources=resources or {},
     )

@@ -44,6 +44,39 @@ class Launcher(models.TextChoices):
     AUTO = "auto", "Detect at launch"
 
 
+SCHEDULERS = [(value, label) for value, label in Launcher.choices if value != Launcher.AUTO]
+
+
+class Cluster(models.Model):
+    """Where members run: this machine's processes, or a batch scheduler's cluster
+    (admin-managed). One server can drive several clusters."""
+
+    name = models.CharField(max_length=100, unique=True, validators=[name_validator])
+    scheduler = models.CharField(max_length=10, choices=SCHEDULERS)
+    description = models.TextField(blank=True)
+    # What the scheduler's commands need in their environment, e.g. {"SLURM_CONF": "/etc/slurm/slurm.conf"}.
+    env = models.JSONField(default=dict, blank=True)
+    poll_interval = models.FloatField(default=2.0, validators=[MinValueValidator(0.2)],
+                                      help_text="Seconds between two status queries of the scheduler.")
+    # Site limits, read from the scheduler (Slurm: scontrol show config) by the admin's action.
+    max_array_size = models.PositiveIntegerField(null=True, blank=True)
+    max_job_count = models.PositiveIntegerField(null=True, blank=True)
+    limits_read_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self):
+        return self.name
+
+    def clean(self):
+        if not isinstance(self.env, dict) or not all(
+            isinstance(k, str) and re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", k) and isinstance(v, str) and "\x00" not in v
+            for k, v in self.env.items()
+        ):
+            raise ValidationError({"env": 'An object of variable names and text values, e.g. {"SLURM_CONF": "/etc/slurm/slurm.conf"}.'})
+
+
 class Strategy(models.TextChoices):
     ALL_PERM = "all_perm", "all_perm — every combination"
     STEP = "step", "step — i-th values together"
@@ -57,7 +90,8 @@ class Experiment(models.Model):
     owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="experiments")
     name = models.CharField(max_length=100, validators=[name_validator])
     description = models.TextField(blank=True)
-    launcher = models.CharField(max_length=10, choices=Launcher.choices, default=Launcher.LOCAL)
+    # None: detect at launch (PBS, then LSF, then Slurm, then local: SmartSim's order).
+    cluster = models.ForeignKey(Cluster, null=True, blank=True, on_delete=models.PROTECT, related_name="experiments")
     # The number of the last run launched: run numbers (and so run folders) are never reused,
     # even after a run is deleted.
     run_count = models.PositiveIntegerField(default=0)
@@ -72,6 +106,11 @@ class Experiment(models.Model):
 
     def __str__(self):
         return self.name
+
+    @property
+    def scheduler(self) -> str:
+        """The scheduler of its cluster, or "auto"."""
+        return self.cluster.scheduler if self.cluster_id else Launcher.AUTO
 
 
 def validate_run_settings(value):
@@ -175,7 +214,7 @@ class Ensemble(models.Model):
                 errors["params_as_args"] = f"not a parameter: {', '.join(missing)}"
         if not self.tag or any(c.isspace() for c in self.tag):
             errors["tag"] = "The tag must be one or more characters without spaces (default ';')."
-        if self.batch_settings and self.experiment_id and self.experiment.launcher == Launcher.LOCAL:
+        if self.batch_settings and self.experiment_id and self.experiment.scheduler == Launcher.LOCAL:
             errors["batch_settings"] = (
                 "The local launcher does not support batch workloads; choose Slurm, PBS or LSF for the experiment."
             )
@@ -326,7 +365,8 @@ class Run(models.Model):
 
     experiment = models.ForeignKey(Experiment, on_delete=models.CASCADE, related_name="runs")
     number = models.PositiveIntegerField()  # 1, 2, ... within the experiment
-    launcher = models.CharField(max_length=10, choices=Launcher.choices)
+    launcher = models.CharField(max_length=10, choices=Launcher.choices)  # the cluster's scheduler, frozen
+    cluster = models.ForeignKey(Cluster, null=True, blank=True, on_delete=models.PROTECT, related_name="runs")
     # The ensembles and models it launched, by name: runs active at once share none.
     entities = models.JSONField(default=list)
     # Its members' folders are under it ("" for runs made before it was recorded).
@@ -336,6 +376,8 @@ class Run(models.Model):
     concurrency = models.PositiveIntegerField(null=True, blank=True)  # local: members at once; None = CPUs
     # Attached files per ensemble/model name, frozen at launch: {"<entity>": {"copy": [...], ..., "tag": ";"}}
     generation = models.JSONField(default=dict)
+    # Batch settings per ensemble/model name (a hand-added member's own, else its ensemble's), frozen at launch.
+    batch = models.JSONField(default=dict, blank=True)
     submit_state = models.CharField(max_length=12, choices=SubmitState.choices, default=SubmitState.PENDING)
     submit_error = models.TextField(blank=True)
     claimed_at = models.DateTimeField(null=True, blank=True)
@@ -410,6 +452,8 @@ class MemberRun(models.Model):
     started = models.DateTimeField(null=True, blank=True)
     ended = models.DateTimeField(null=True, blank=True)
     error = models.TextField(blank=True)
+    # Why a queued member waits, as its scheduler says ("Resources", "Priority"...); "" once it left the queue.
+    reason = models.CharField(max_length=200, blank=True)
     results = models.JSONField(null=True, blank=True)
     updated = models.DateTimeField(auto_now=True)
 

@@ -53,7 +53,7 @@ def experiments_visible_to(user) -> QuerySet[Experiment]:
 
 
 def experiment_list(user) -> QuerySet[Experiment]:
-    return experiments_visible_to(user).annotate(
+    return experiments_visible_to(user).select_related("cluster").annotate(
         ensemble_count=Count("ensembles", distinct=True),
         # Models are the members of no ensemble; members added to an ensemble are counted with it.
         model_count=Count("members", filter=Q(members__ensemble__isnull=True), distinct=True),
@@ -248,7 +248,7 @@ def runs_visible_to(user) -> QuerySet[Run]:
 
 
 def run_get(user, pk: int) -> Run:
-    return get_object_or_404(runs_visible_to(user).select_related("experiment"), pk=pk)
+    return get_object_or_404(runs_visible_to(user).select_related("experiment", "cluster"), pk=pk)
 
 
 def member_run_get(user, pk: int) -> MemberRun:

@@ -27,7 +27,7 @@ from django.db.models import Q
 from django.utils import timezone
 from kombu.exceptions import OperationalError as BrokerUnreachable
 
-from launchers.base import JobSpec, JobStatus, LauncherError
+from launchers.base import JobSpec, JobState, JobStatus, LauncherError
 
 from . import launching, realtime, specs
 from .expansion import format_count, text_overrides
@@ -35,6 +35,8 @@ from .generation import RECORD_FILE_NAME, FileRefused, Generator, check_configur
 from .launching import JOB_FIELDS, STATE_TO_STATUS, job_spec, launcher_for
 from .models import (
     STATUS_RANK,
+    Cluster,
+    Launcher,
     SUBMISSION_OVER,
     TERMINAL_STATUSES,
     AttachedFile,
@@ -55,7 +57,7 @@ from .models import (
 log = logging.getLogger("flotilla.services")
 
 
-def _save(instance, *, duplicate_message: str, expected_version: int | None = None):
+def _save(instance, *, duplicate_message: str, expected_version: int | None = None, fields: list[str] | None = None):
     """Validate, then save; a taken name (checked first, or lost in a race) is a
     message on the name, any other integrity error is a bug and propagates. An
     ensemble or member takes its next version in the same transaction (version_check)."""
@@ -67,7 +69,7 @@ def _save(instance, *, duplicate_message: str, expected_version: int | None = No
         with transaction.atomic():
             if isinstance(instance, VERSIONED) and instance.pk is not None:
                 instance.version = version_check(instance=instance, expected_version=expected_version).version + 1
-            instance.save()
+            instance.save(update_fields=fields)
     except IntegrityError:
         if taken.exists():
             raise ValidationError({"name": duplicate_message}) from None
@@ -127,14 +129,25 @@ def _unique_lookup(instance) -> dict:
     return {parent: getattr(instance, parent), "name": instance.name}
 
 
-def experiment_create(*, owner, name: str, description: str = "", launcher: str = "local") -> Experiment:
-    experiment = Experiment(owner=owner, name=name, description=description, launcher=launcher)
+def cluster_read_limits(*, cluster: Cluster) -> Cluster:
+    """Read the cluster's site limits from its scheduler (LauncherError if it cannot)."""
+    limits = launching.read_site_limits(cluster)
+    cluster.max_array_size, cluster.max_job_count = limits["MaxArraySize"], limits["MaxJobCount"]
+    cluster.limits_read_at = timezone.now()
+    cluster.save(update_fields=["max_array_size", "max_job_count", "limits_read_at"])
+    return cluster
+
+
+def experiment_create(*, owner, name: str, description: str = "", cluster: Cluster | None = None) -> Experiment:
+    experiment = Experiment(owner=owner, name=name, description=description, cluster=cluster)
     return _save(experiment, duplicate_message=f"You already have an experiment named '{name}'.")
 
 
-def experiment_update(*, experiment: Experiment, name: str, description: str, launcher: str) -> Experiment:
-    experiment.name, experiment.description, experiment.launcher = name, description, launcher
-    return _save(experiment, duplicate_message=f"You already have an experiment named '{name}'.")
+def experiment_update(*, experiment: Experiment, name: str, description: str, cluster: Cluster | None) -> Experiment:
+    experiment.name, experiment.description, experiment.cluster = name, description, cluster
+    # Only what the form edits: the run counter moves under launches meanwhile.
+    return _save(experiment, duplicate_message=f"You already have an experiment named '{name}'.",
+                 fields=["name", "description", "cluster", "updated"])
 
 
 def experiment_delete(*, experiment: Experiment) -> None:
@@ -363,13 +376,20 @@ def _files_of(owner) -> dict:
     return files
 
 
-def _resolve_launcher(experiment: Experiment) -> str:
-    if experiment.launcher in ("local", "auto"):
-        # auto: a machine with no scheduler commands runs members locally (SmartSim's detect_launcher).
-        if experiment.launcher == "auto" and any(shutil.which(c) for c in ("sbatch", "qsub", "bsub")):
-            raise ValidationError("A batch scheduler was detected, but only the local launcher is available yet.")
-        return "local"
-    raise ValidationError(f"The {experiment.get_launcher_display()} launcher is not available yet; use Local processes.")
+def _resolve_cluster(experiment: Experiment) -> Cluster | None:
+    """The cluster a launch goes to; None for this machine's processes. "Detect at launch"
+    takes the first scheduler of SmartSim's order (PBS, LSF, Slurm) whose command is on
+    PATH and that has a cluster here, else local processes."""
+    cluster = experiment.cluster
+    if cluster is None:
+        for scheduler, command in launching.DETECTION_ORDER:
+            if shutil.which(command):
+                cluster = Cluster.objects.filter(scheduler=scheduler).order_by("name").first()
+                if cluster:
+                    break
+    if cluster is not None and cluster.scheduler not in launching.AVAILABLE_SCHEDULERS:
+        raise ValidationError(f"The cluster {cluster.name} uses {cluster.get_scheduler_display()}, which Flotilla cannot drive yet.")
+    return cluster
 
 
 def _run_as(user) -> str:
@@ -417,8 +437,12 @@ def run_launch(*, user, experiment: Experiment, concurrency: int | None = None, 
     """
     if experiment.owner_id != user.pk:
         raise PermissionDenied
-    launcher = _resolve_launcher(experiment)
+    cluster = _resolve_cluster(experiment)
+    launcher = cluster.scheduler if cluster else Launcher.LOCAL
     run_as = _run_as(user)
+    if run_as and launcher != Launcher.LOCAL:
+        raise ValidationError(f"Members on the cluster {cluster.name} cannot run as their owner's Unix account yet: "
+                              "this Flotilla runs every member as its owner (FLOTILLA_RUN_AS=user).")
     ensembles = list(experiment.ensembles.prefetch_related("members__files", "files"))
     models = list(experiment.members.filter(ensemble__isnull=True).prefetch_related("files"))
     if not ensembles and not models:
@@ -472,6 +496,10 @@ def run_launch(*, user, experiment: Experiment, concurrency: int | None = None, 
             experiment=experiment,
             number=number,
             launcher=launcher,
+            cluster=cluster,
+            batch={e.name: e.batch_settings for e in ensembles if e.batch_settings}
+            | {m.name: m.batch_settings for e in ensembles for m in e.members.all() if m.batch_settings}
+            | {m.name: m.batch_settings for m in models if m.batch_settings},
             entities=names,
             folder=str(folder),
             run_as=run_as,
@@ -658,7 +686,8 @@ def _generating_jobs(run: Run, members: list[MemberRun], roots: list[str]) -> li
     """The members as jobs that generate their directories just before they start, and
     read their ensemble's results file when they complete."""
     results_files = dict(Ensemble.objects.filter(pk__in={m.ensemble_id for m in members}).values_list("pk", "results_file"))
-    return [job_spec(m, files=run.generation.get(m.files_key, {}), roots=roots, results_file=results_files.get(m.ensemble_id, ""))
+    return [job_spec(m, files=run.generation.get(m.files_key, {}), roots=roots, results_file=results_files.get(m.ensemble_id, ""),
+                     resources=run.batch.get(m.files_key) or run.batch.get(m.entity))
             for m in members]
 
 
@@ -825,7 +854,7 @@ def run_cancel(*, run_id: int) -> None:
     _cancel(run, list(members))
 
 
-CANCEL_RUN_FIELDS = ("launcher", "work_dir", "run_as")  # what launching.launcher_for reads
+CANCEL_RUN_FIELDS = ("launcher", "cluster", "work_dir", "run_as")  # what launching.launcher_for reads
 
 
 def member_cancel(*, member_id: int) -> None:
@@ -893,7 +922,12 @@ def _timestamp(epoch: float | None):
     return datetime.fromtimestamp(epoch, tz=dt_timezone.utc) if epoch else None
 
 
-APPLIED_FIELDS = ["status", "job_id", "returncode", "signal", "started", "ended", "updated", "results", "error"]
+APPLIED_FIELDS = ["status", "job_id", "returncode", "signal", "started", "ended", "updated", "results", "error", "reason"]
+
+
+def _reason_changed(status: JobStatus, old: str, reason: str) -> bool:
+    """A queued member whose scheduler now gives another reason for the wait."""
+    return old == MemberStatus.QUEUED and status.state == JobState.QUEUED and (status.reason or "") != reason
 
 
 def member_runs_apply(statuses: dict[int, JobStatus]) -> dict[int, list[int]]:
@@ -908,11 +942,15 @@ def member_runs_apply(statuses: dict[int, JobStatus]) -> dict[int, list[int]]:
     ids = list(statuses)
     for chunk in range(0, len(ids), 5000):
         current = MemberRun.objects.filter(pk__in=ids[chunk : chunk + 5000]).values_list(
-            "pk", "run_id", "status", "job_id", "started", "error"
+            "pk", "run_id", "status", "job_id", "started", "error", "reason"
         )
-        for pk, run_id, old, job_id, started, error in current:
+        for pk, run_id, old, job_id, started, error, reason in current:
             status = statuses[pk]
             new = STATE_TO_STATUS[status.state]
+            if _reason_changed(status, old, reason):  # still queued: only the reason is new, no event
+                updates.append((old, status.job_id or job_id, None, None, started, None, now, None, error, status.reason or "", pk))
+                by_run.setdefault(run_id, []).append(pk)
+                continue
             if STATUS_RANK[new] <= STATUS_RANK[old]:
                 continue
             started = _timestamp(status.started) or started
@@ -922,7 +960,7 @@ def member_runs_apply(statuses: dict[int, JobStatus]) -> dict[int, list[int]]:
                 events.append({"run_id": run_id, "member_id": pk, "status": MemberStatus.RUNNING, "at": started})
             results = status.results if new == MemberStatus.COMPLETED else None  # read by the member's runner
             updates.append((new, status.job_id or job_id, status.returncode, status.signal, started, ended, now, results,
-                            status.error or error, pk))
+                            status.error or error, (status.reason or "") if new == MemberStatus.QUEUED else "", pk))
             events.append({"run_id": run_id, "member_id": pk, "status": new, "at": ended or started or now})
             by_run.setdefault(run_id, []).append(pk)
             if new in TERMINAL_STATUSES:
@@ -1069,11 +1107,12 @@ def runs_reconcile() -> dict[int, list[int]]:
     changed: dict[int, list[int]] = {}
     for run in Run.objects.filter(finished__isnull=True, submit_state__in=SUBMISSION_OVER):
         # Only ids and statuses: this runs every few seconds for every unfinished run.
-        members = list(run.members.filter(latest=True, status__in=[MemberStatus.QUEUED, MemberStatus.RUNNING]).values_list("pk", "status"))
+        members = list(run.members.filter(latest=True, status__in=[MemberStatus.QUEUED, MemberStatus.RUNNING])
+                       .values_list("pk", "status", "reason"))
         if not members:
             runs_finish([run.pk])
             continue
-        in_db = dict(members)
+        in_db = {pk: (status, reason) for pk, status, reason in members}
         try:
             launcher = launcher_for(run)
             statuses = launcher.status([str(pk) for pk in in_db])
@@ -1083,11 +1122,12 @@ def runs_reconcile() -> dict[int, list[int]]:
         # Only what the launcher has ahead of the database: events have usually brought the rest.
         ahead = {}
         for key, status in statuses.items():
-            if STATUS_RANK[STATE_TO_STATUS[status.state]] > STATUS_RANK[in_db[int(key)]]:
+            old, reason = in_db[int(key)]
+            if STATUS_RANK[STATE_TO_STATUS[status.state]] > STATUS_RANK[old] or _reason_changed(status, old, reason):
                 ahead[int(key)] = status
         for run_id, ids in member_runs_apply(ahead).items():
             changed.setdefault(run_id, []).extend(ids)
-        queued = [pk for pk, status in members if status == MemberStatus.QUEUED]
+        queued = [pk for pk, status, _ in members if status == MemberStatus.QUEUED]
         try:
             if queued and not launcher.runner_alive():
                 queued_members = list(MemberRun.objects.filter(pk__in=queued).order_by("position").only(*JOB_FIELDS))
@@ -1114,6 +1154,7 @@ def demo_create(*, user) -> Experiment:
             owner=user,
             name=name if number == 1 else f"{name}-{number}",
             description="1-D heat diffusion (examples/heat/heat.py) over diffusivity alpha and grid size nx.",
+            cluster=Cluster.objects.filter(scheduler=Launcher.LOCAL).order_by("pk").first(),  # it runs here
         )
         ensemble = ensemble_save(
             experiment=experiment,

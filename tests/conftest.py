@@ -69,7 +69,14 @@ def charlie_client(charlie):
 
 @pytest.fixture
 def experiment(alice):
-    return services.experiment_create(owner=alice, name="heat", description="Heat diffusion")
+    return services.experiment_create(owner=alice, name="heat", description="Heat diffusion", cluster=local_cluster())
+
+
+def local_cluster():
+    """This machine's processes (the row the migrations create, gone after a flushed test)."""
+    from ensembles.models import Cluster
+
+    return Cluster.objects.get_or_create(name="local", defaults={"scheduler": "local"})[0]
 
 
 @pytest.fixture

@@ -6,6 +6,7 @@ from django.urls import reverse
 
 from ensembles import services
 from ensembles.models import AttachedFile, Experiment
+from tests.conftest import local_cluster
 from launchers.base import JobState, JobStatus
 
 pytestmark = pytest.mark.django_db
@@ -104,7 +105,7 @@ def test_forms_refuse_posts_without_a_csrf_token(alice):
 
     client = Client(enforce_csrf_checks=True)
     client.force_login(alice)
-    response = client.post(reverse("ensembles:experiment_create"), {"name": "x", "launcher": "local"})
+    response = client.post(reverse("ensembles:experiment_create"), {"name": "x", "cluster": ""})
     assert response.status_code == 403
     assert not Experiment.objects.filter(name="x").exists()
 
@@ -148,7 +149,7 @@ def test_staff_see_runs_members_and_events_in_the_admin_read_only(alice, admin_v
     member = run.members.first()
     event = StatusEvent.objects.first()
     pages = {
-        "experiment": [("", {}), ("", {"owner__id__exact": alice.pk, "launcher__exact": "local"})],
+        "experiment": [("", {}), ("", {"owner__id__exact": alice.pk, "cluster__id__exact": local_cluster().pk})],
         "run": [("", {}), ("", {"submit_state__exact": "pending", "q": "heat"}), (f"{run.pk}/change/", {})],
         "memberrun": [("", {}), ("", {"status__exact": "Failed", "run": run.pk, "q": "sweep_1"}), (f"{member.pk}/change/", {})],
         "statusevent": [("", {}), ("", {"status__exact": "Failed", "run": run.pk}), (f"{event.pk}/change/", {})],

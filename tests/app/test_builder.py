@@ -6,7 +6,7 @@ import pytest
 from django.urls import reverse
 
 from ensembles import services
-from ensembles.models import Ensemble, Run
+from ensembles.models import Cluster, Ensemble, Run
 
 pytestmark = pytest.mark.django_db
 
@@ -101,7 +101,7 @@ def test_batch_settings_need_a_batch_launcher(alice_client, experiment):
         reverse("ensembles:ensemble_create", args=[experiment.pk]), form_data([("a", "1")], nodes="2")
     )
     assert "local launcher does not support batch" in " ".join(response.context["form"].non_field_errors())
-    experiment.launcher = "slurm"
+    experiment.cluster = Cluster.objects.create(name="hpc", scheduler="slurm")
     experiment.save()
     response = alice_client.post(
         reverse("ensembles:ensemble_create", args=[experiment.pk]), form_data([("a", "1")], nodes="2", time="1:00:00")

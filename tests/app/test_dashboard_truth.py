@@ -7,9 +7,8 @@ from django.core.exceptions import ValidationError
 from django.urls import reverse
 from django.utils import timezone
 
-from ensembles import realtime, selectors, services
-from ensembles.forms import AVAILABLE_LAUNCHERS
-from ensembles.models import Experiment, Launcher, MemberRun, MemberStatus
+from ensembles import launching, realtime, selectors, services
+from ensembles.models import Cluster, Experiment, MemberRun, MemberStatus
 
 pytestmark = pytest.mark.django_db
 
@@ -20,47 +19,69 @@ def run(alice, experiment, ensemble, django_capture_on_commit_callbacks):
         return services.run_launch(user=alice, experiment=experiment)
 
 
-# --- 1. launchers that are not available yet ------------------------------------
+# --- 1. clusters whose scheduler is not available yet ------------------------------
 
 
-def test_the_experiment_form_shows_unavailable_launchers_disabled_with_a_note(alice_client):
+@pytest.fixture
+def clusters(db):
+    return {scheduler: Cluster.objects.create(name=f"{scheduler}-site", scheduler=scheduler)
+            for scheduler in ("local", "slurm", "pbs", "lsf")}
+
+
+def test_the_experiment_form_shows_unavailable_clusters_disabled_with_a_note(alice_client, clusters):
     html = alice_client.get(reverse("ensembles:experiment_create")).content.decode()
-    for value in ("slurm", "pbs", "lsf"):
-        assert re.search(rf'<option value="{value}"[^>]* disabled[^>]*>[^<]*not available yet[^<]*</option>', html), value
-    for value in ("local", "auto"):
-        option = re.search(rf'<option value="{value}"[^>]*>[^<]*</option>', html).group(0)
+    for scheduler in ("pbs", "lsf"):
+        pk = clusters[scheduler].pk
+        assert re.search(rf'<option value="{pk}"[^>]* disabled[^>]*>[^<]*not available yet[^<]*</option>', html), scheduler
+    for scheduler in ("local", "slurm"):
+        option = re.search(rf'<option value="{clusters[scheduler].pk}"[^>]*>[^<]*</option>', html).group(0)
         assert "disabled" not in option and "not available" not in option, option
+    assert re.search(r'<option value=""[^>]*>Detect at launch</option>', html)
 
 
-@pytest.mark.parametrize("launcher", ["slurm", "pbs", "lsf"])
-def test_an_unavailable_launcher_posted_anyway_is_a_field_error(alice_client, launcher):
-    response = alice_client.post(reverse("ensembles:experiment_create"), {"name": "heat", "launcher": launcher})
+@pytest.mark.parametrize("scheduler", ["pbs", "lsf"])
+def test_an_unavailable_cluster_posted_anyway_is_a_field_error(alice_client, clusters, scheduler):
+    response = alice_client.post(reverse("ensembles:experiment_create"), {"name": "heat", "cluster": clusters[scheduler].pk})
     assert response.status_code == 200
-    errors = re.search(r'id="field-launcher-errors"[^>]*>([^<]*)<', response.content.decode()).group(1)
+    errors = re.search(r'id="field-cluster-errors"[^>]*>([^<]*)<', response.content.decode()).group(1)
     assert "not available yet" in errors
     assert not Experiment.objects.exists()
 
 
-def test_editing_an_experiment_to_an_unavailable_launcher_is_refused(alice_client, experiment):
+def test_editing_an_experiment_to_an_unavailable_cluster_is_refused(alice_client, experiment, clusters):
     url = reverse("ensembles:experiment_edit", args=[experiment.pk])
-    response = alice_client.post(url, {"name": "heat", "launcher": "slurm"})
+    before = experiment.cluster
+    response = alice_client.post(url, {"name": "heat", "cluster": clusters["pbs"].pk})
     assert response.status_code == 200 and "not available yet" in response.content.decode()
     experiment.refresh_from_db()
-    assert experiment.launcher == Launcher.LOCAL
-    assert alice_client.post(url, {"name": "heat", "launcher": "auto"}).status_code == 302
+    assert experiment.cluster == before
+    assert alice_client.post(url, {"name": "heat", "cluster": ""}).status_code == 302
 
 
-def test_the_form_offers_exactly_the_launchers_a_launch_accepts(experiment, monkeypatch):
-    monkeypatch.setattr("shutil.which", lambda command: None)  # no scheduler here: auto runs locally
-    for launcher in Launcher.values:
-        experiment.launcher = launcher
+def test_the_form_offers_exactly_the_clusters_a_launch_accepts(experiment, clusters, monkeypatch):
+    monkeypatch.setattr("shutil.which", lambda command: None)  # no scheduler here: "detect" runs locally
+    for cluster in [*clusters.values(), None]:
+        experiment.cluster = cluster
         try:
-            services._resolve_launcher(experiment)
+            services._resolve_cluster(experiment)
         except ValidationError:
             accepted = False
         else:
             accepted = True
-        assert accepted == (launcher in AVAILABLE_LAUNCHERS), launcher
+        option_enabled = cluster is None or cluster.scheduler in launching.AVAILABLE_SCHEDULERS
+        assert accepted == option_enabled, cluster
+
+
+def test_detect_at_launch_follows_smartsims_order_among_the_clusters_here(experiment, clusters, monkeypatch):
+    experiment.cluster = None
+    on_path = {"sbatch"}
+    monkeypatch.setattr("shutil.which", lambda command: f"/usr/bin/{command}" if command in on_path else None)
+    assert services._resolve_cluster(experiment) == clusters["slurm"]
+    on_path = {"sbatch", "qsub"}  # PBS first, and PBS is not available yet: a clear refusal
+    with pytest.raises(ValidationError, match="PBS, which Flotilla cannot drive yet"):
+        services._resolve_cluster(experiment)
+    on_path = set()
+    assert services._resolve_cluster(experiment) is None  # this machine's processes
 
 
 # --- 2. the run page's counts agree with its rows -------------------------------

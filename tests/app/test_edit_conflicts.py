@@ -11,7 +11,7 @@ from django.db import connection
 from django.urls import reverse
 
 from ensembles import services
-from ensembles.models import Ensemble, Member
+from ensembles.models import Cluster, Ensemble, Member
 from tests.conftest import PASSWORD
 
 pytestmark = pytest.mark.django_db
@@ -242,7 +242,7 @@ def test_the_admin_edits_settings_through_fields_and_takes_the_next_version(admi
 
 
 def test_the_admin_edits_batch_settings_of_a_batch_experiment(admin_client, alice):
-    experiment = services.experiment_create(owner=alice, name="cluster", launcher="slurm")
+    experiment = services.experiment_create(owner=alice, name="cluster", cluster=Cluster.objects.create(name="hpc", scheduler="slurm"))
     ensemble = services.ensemble_save(experiment=experiment, spec={"name": "e", "run_settings": {"exe": "/bin/true"}})
     page = admin_client.get(admin_url(ensemble))
     response = admin_client.post(admin_url(ensemble), admin_data(page, nodes="2", time="1:30:00", queue="debug", batch_args="mem=4G\nexclusive"))
@@ -280,7 +280,7 @@ def test_the_admin_shows_a_model_rule_on_the_settings_on_top(admin_client, ensem
 
 
 def test_the_admin_walltime_is_checked_next_to_its_field(admin_client, alice):
-    experiment = services.experiment_create(owner=alice, name="cluster", launcher="slurm")
+    experiment = services.experiment_create(owner=alice, name="cluster", cluster=Cluster.objects.create(name="hpc", scheduler="slurm"))
     ensemble = services.ensemble_save(experiment=experiment, spec={"name": "e", "run_settings": {"exe": "/bin/true"}})
     page = admin_client.get(admin_url(ensemble))
     response = admin_client.post(admin_url(ensemble), admin_data(page, time="soon"))

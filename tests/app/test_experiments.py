@@ -8,7 +8,7 @@ pytestmark = pytest.mark.django_db
 
 def test_creating_an_experiment_redirects_to_it(alice_client, alice):
     response = alice_client.post(
-        reverse("ensembles:experiment_create"), {"name": "lj-fluid", "description": "LJ", "launcher": "local"}
+        reverse("ensembles:experiment_create"), {"name": "lj-fluid", "description": "LJ", "cluster": ""}
     )
     experiment = Experiment.objects.get(owner=alice, name="lj-fluid")
     assert response.status_code == 302
@@ -16,36 +16,36 @@ def test_creating_an_experiment_redirects_to_it(alice_client, alice):
 
 
 def test_a_duplicate_name_is_an_error_next_to_the_name(alice_client, experiment):
-    response = alice_client.post(reverse("ensembles:experiment_create"), {"name": "heat", "launcher": "local"})
+    response = alice_client.post(reverse("ensembles:experiment_create"), {"name": "heat", "cluster": ""})
     assert response.status_code == 200
     assert "You already have an experiment named" in response.context["form"].errors["name"][0]
     assert Experiment.objects.filter(name="heat").count() == 1
 
 
 def test_two_users_may_use_the_same_experiment_name(bob_client, bob, experiment):
-    bob_client.post(reverse("ensembles:experiment_create"), {"name": "heat", "launcher": "local"})
+    bob_client.post(reverse("ensembles:experiment_create"), {"name": "heat", "cluster": ""})
     assert Experiment.objects.filter(name="heat").count() == 2
 
 
 @pytest.mark.parametrize("name", ["../etc", "a/b", ".hidden", "", "x" * 101, "sp ace"])
 def test_names_that_are_not_safe_folder_names_are_refused(alice_client, name):
-    response = alice_client.post(reverse("ensembles:experiment_create"), {"name": name, "launcher": "local"})
+    response = alice_client.post(reverse("ensembles:experiment_create"), {"name": name, "cluster": ""})
     assert response.status_code == 200
     assert response.context["form"].errors["name"]
     assert not Experiment.objects.exists()
 
 
-def test_an_unknown_launcher_is_refused(alice_client):
-    response = alice_client.post(reverse("ensembles:experiment_create"), {"name": "x", "launcher": "cobalt"})
-    assert response.context["form"].errors["launcher"]
+def test_an_unknown_cluster_is_refused(alice_client):
+    response = alice_client.post(reverse("ensembles:experiment_create"), {"name": "x", "cluster": "9999"})
+    assert response.context["form"].errors["cluster"]
 
 
 def test_editing_and_deleting_an_experiment(alice_client, experiment):
     alice_client.post(
-        reverse("ensembles:experiment_edit", args=[experiment.pk]), {"name": "heat2", "description": "", "launcher": "auto"}
+        reverse("ensembles:experiment_edit", args=[experiment.pk]), {"name": "heat2", "description": "", "cluster": ""}
     )
     experiment.refresh_from_db()
-    assert (experiment.name, experiment.launcher) == ("heat2", "auto")
+    assert (experiment.name, experiment.cluster) == ("heat2", None)
     assert b"Delete experiment" in alice_client.get(reverse("ensembles:experiment_delete", args=[experiment.pk])).content
     alice_client.post(reverse("ensembles:experiment_delete", args=[experiment.pk]))
     assert not Experiment.objects.filter(pk=experiment.pk).exists()

@@ -144,7 +144,7 @@ def test_run_numbers_and_folders_are_never_reused_after_a_delete(alice, experime
 
 def test_a_renamed_experiment_keeps_its_run_folders_from_a_new_one_of_its_old_name(alice, experiment, ensemble):
     old = launch(alice, experiment)
-    services.experiment_update(experiment=experiment, name="renamed", description="", launcher="local")
+    services.experiment_update(experiment=experiment, name="renamed", description="", cluster=experiment.cluster)
     newcomer = services.experiment_create(owner=alice, name="heat")
     services.ensemble_save(experiment=newcomer, spec={"name": "sweep", "run_settings": {"exe": "/bin/true"}})
     fresh = launch(alice, newcomer)
@@ -196,3 +196,11 @@ def test_a_rerun_that_fails_puts_the_old_attempts_folders_back(alice, experiment
     for member in run.members.all():
         assert member.latest and Path(member.stdout).read_text() == f"{member.name} of run 1\n"
     assert not list(Path(run.folder, "sweep").glob(".attempts/*"))
+
+
+def test_editing_the_experiment_between_launches_keeps_its_run_numbers(alice, alice_client, experiment, ensemble):
+    finish(launch(alice, experiment))
+    stale = type(experiment).objects.get(pk=experiment.pk)  # a page's copy, read before the next launch
+    finish(launch(alice, experiment))
+    services.experiment_update(experiment=stale, name="heat", description="edited", cluster=stale.cluster)
+    assert launch(alice, experiment).number == 3

@@ -10,7 +10,7 @@ from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 
 from ensembles import services
-from ensembles.models import MemberRun, MemberStatus, Run, StatusEvent
+from ensembles.models import Cluster, MemberRun, MemberStatus, Run, StatusEvent
 from launchers.base import JobState, JobStatus
 
 pytestmark = pytest.mark.django_db
@@ -54,7 +54,7 @@ def test_members_added_by_hand_and_standalone_models_are_launched_too(alice, exp
         ("empty", "has no members"),
         ("nothing", "Nothing to launch"),
         ("too_many", "at most 3 are allowed"),
-        ("slurm", "not available yet"),
+        ("pbs", "uses PBS, which Flotilla cannot drive yet"),
     ],
 )
 def test_launch_refuses_with_a_clear_message(alice_client, alice, experiment, settings, setup, message):
@@ -67,8 +67,8 @@ def test_launch_refuses_with_a_clear_message(alice_client, alice, experiment, se
         services.ensemble_save(
             experiment=experiment, spec={"name": "e", "params": [{"name": "a", "values": "range(0, 4)"}], "run_settings": {"exe": "x"}}
         )
-    elif setup == "slurm":
-        experiment.launcher = "slurm"
+    elif setup == "pbs":
+        experiment.cluster = Cluster.objects.create(name="pbs-site", scheduler="pbs")
         experiment.save()
         services.ensemble_save(experiment=experiment, spec={"name": "e", "run_settings": {"exe": "x"}})
     response = alice_client.post(reverse("ensembles:run_launch", args=[experiment.pk]), follow=True)
