@@ -69,7 +69,7 @@ def read_site_limits(cluster) -> dict[str, int]:
         raise LauncherError(f"Limits can be read from Slurm clusters only, not from {cluster.get_scheduler_display()}.")
     try:
         result = subprocess.run(["scontrol", "show", "config"], env={**member_base_env(), **cluster.env},
-                                capture_output=True, text=True, timeout=30)
+                                capture_output=True, text=True, timeout=20)
     except (OSError, subprocess.TimeoutExpired) as error:
         raise LauncherError(f"scontrol could not be run: {error}") from None
     if result.returncode:

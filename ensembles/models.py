@@ -75,6 +75,10 @@ class Cluster(models.Model):
             for k, v in self.env.items()
         ):
             raise ValidationError({"env": 'An object of variable names and text values, e.g. {"SLURM_CONF": "/etc/slurm/slurm.conf"}.'})
+        conf = self.env.get("SLURM_CONF")
+        if self.scheduler == Launcher.SLURM and conf and not os.path.isfile(conf):
+            # Slurm's commands would spend a minute looking for a controller before saying so.
+            raise ValidationError({"env": f"SLURM_CONF: there is no file {conf} on this server."})
 
 
 class Strategy(models.TextChoices):
