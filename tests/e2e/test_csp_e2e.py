@@ -45,7 +45,9 @@ def test_no_page_breaks_the_content_security_policy(violations, logged_in, serve
     # a run page, live over its websocket, with every plot once the members are done
     run = services.run_launch(user=alice, experiment=experiment)
     page.goto(f"{server}/runs/{run.pk}/")
-    expect(page.locator("#live-state")).to_have_text("live")
+    # Headless Chromium draws the parallel-coordinates plot (WebGL) in software: on a busy
+    # 2-core machine that can hold the page's main thread for seconds.
+    expect(page.locator("#live-state")).to_have_text("live", timeout=20_000)
     wait_for(lambda: MemberRun.objects.filter(run=run, status="Completed").count() == 12, timeout=60, message="run done")
     expect(page.locator("#run-counts [data-status=Completed]")).to_have_attribute("data-count", "12", timeout=30_000)
     for name in ("status", "runtime", "timeline", "scatter", "parallel"):

@@ -44,7 +44,8 @@ def test_launch_the_demo_and_watch_it_finish_live(logged_in, backend, accept_dia
     # the page's main thread for seconds on a 2-core machine while 12 members start.
     ws_open(page, timeout=20_000)
     first_row = page.locator("tr[id^=member-]").first.locator("[data-status]")
-    expect(first_row).to_have_text("Running", timeout=30_000)
+    # Its statuses change live (on a slow machine the first member may be done before the page is live).
+    expect(first_row).to_have_text(re.compile("Running|Completed"), timeout=30_000)
     screenshot("run-running")
     expect(page.locator("#run-counts [data-status=Completed]")).to_have_attribute("data-count", "12", timeout=60_000)
     expect(first_row).to_have_text("Completed")
