@@ -1,20 +1,23 @@
 """The Slurm launcher's pure builders and parsers, its state map, and its logic against a
 fake Slurm (the real one: tests/integration/test_slurm_real.py)."""
 
+import datetime
 import json
 import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
 from launchers.base import JobSpec, JobState, LauncherError
 from launchers.slurm import (
-    QueueRow, SlurmLauncher, SlurmOptionError, batch_options, expand_job_ids, format_batch_directives,
-    format_run_args, job_status, member_script, parse_exit_code, parse_lookup, parse_sbatch_id,
-    parse_scontrol_config, parse_scontrol_job, parse_squeue, quote_directive, read_status_file, sbatch_argv,
-    site_limits, srun_argv, status_from_file,
+    GROUP_COMMENT_PREFIX, QueueRow, SlurmLauncher, SlurmOptionError, array_chunks, array_option, array_script,
+    batch_job_script, batch_options, expand_job_ids, format_batch_directives, format_run_args, format_walltime,
+    job_status, manifest_task, member_script, parse_exit_code, parse_lookup, parse_sbatch_id, parse_scontrol_config,
+    parse_scontrol_job, parse_squeue, quote_directive, read_status_file, sbatch_argv, site_limits, srun_argv,
+    status_file, status_from_file, walltime,
 )
 
 TRICKY = ["two words", "it's", 'say "hi"', "$HOME and `id`", "back\\slash", "# not a comment", "semi;colon", "a,b"]
@@ -492,3 +495,398 @@ def test_commands_carry_the_clusters_env_and_a_prefix(tmp_path, monkeypatch):
     assert seen["env"] == {"PATH": "/usr/bin", "SLURM_CONF": "/c/slurm.conf"}
     assert seen["argv"] == ["sudo", "-n", "-u", "alice", "--",
                             "env", "PATH=/usr/bin", "SLURM_CONF=/c/slurm.conf", "squeue", "-h"]
+
+
+# --- time limits ---------------------------------------------------------------------------------
+
+
+def test_walltimes_are_written_with_days_from_24_hours():
+    assert walltime(hours=10) == "10:00:00"
+    assert walltime(hours=25) == "1-01:00:00"
+    assert walltime(hours=72) == "3-00:00:00"
+    assert walltime(minutes=90, seconds=0.5) == "01:30:01"  # a part of a second is a second, not dropped
+    assert format_walltime("36:00:00") == "1-12:00:00"
+    assert format_walltime(datetime.timedelta(days=1, hours=2)) == "1-02:00:00"
+    for slurm_form in ("10:00:00", "30", "2-00:00:00", "1-12", "90:00"):
+        assert format_walltime(slurm_form) == slurm_form
+    with pytest.raises(SlurmOptionError, match="negative"):
+        walltime(seconds=-1)
+
+
+def test_batch_settings_time_is_formatted_wherever_it_is_given():
+    assert format_batch_directives(batch_options({"time": "48:00:00"})) == ["#SBATCH --time=2-00:00:00"]
+    assert format_batch_directives(batch_options({"batch_args": {"t": "25:00:00"}})) == ["#SBATCH -t 1-01:00:00"]
+
+
+# --- arrays: options, splitting, the manifest and the task script ---------------------------------
+
+
+def test_array_option_with_and_without_a_throttle():
+    assert array_option(5, 2) == "--array=0-4%2"
+    assert array_option(5) == "--array=0-4"
+    assert array_option(5, 5) == array_option(5, 9) == "--array=0-4"  # no throttle where all may run
+    with pytest.raises(SlurmOptionError, match="at least 1"):
+        array_option(5, 0)
+    with pytest.raises(SlurmOptionError, match="at least one task"):
+        array_option(0)
+
+
+def test_arrays_are_split_at_max_array_size():
+    assert [len(chunk) for chunk in array_chunks(list(range(1000)))] == [1000]
+    assert [len(chunk) for chunk in array_chunks(list(range(1001)))] == [1001]
+    assert [len(chunk) for chunk in array_chunks(list(range(1002)))] == [1001, 1]
+    assert array_chunks(list(range(5)), 3) == [[0, 1, 2], [3, 4]]
+    with pytest.raises(SlurmOptionError, match="MaxArraySize"):
+        array_chunks([1], 0)
+
+
+def _member(tmp_path, key, argv, **fields):
+    folder = tmp_path / fields.pop("folder", f"m_{key}")
+    folder.mkdir(exist_ok=True)
+    return JobSpec(key=key, name=f"m_{key}", argv=argv, cwd=str(folder), **fields)
+
+
+def test_the_manifest_gives_each_task_its_folder_argv_env_and_files(tmp_path):
+    job = _member(tmp_path, "7", ["python", "sim.py", "two words"], env={"A": 1}, stdout="out.txt")
+    assert manifest_task(job) == {
+        "key": "7", "cwd": job.cwd, "argv": ["python", "sim.py", "two words"], "env": {"A": "1"},
+        "stdout": f"{job.cwd}/out.txt", "stderr": f"{job.cwd}/m_7.err", "status_file": f"{job.cwd}/out.txt.status"}
+    with pytest.raises(SlurmOptionError, match="environment variable"):
+        manifest_task(_member(tmp_path, "8", ["true"], env={"A B": "1"}))
+    with pytest.raises(SlurmOptionError, match="NUL"):
+        manifest_task(_member(tmp_path, "9", ["echo", "a\x00b"]))
+
+
+def _run_array_task(tmp_path, jobs, task):
+    manifest = tmp_path / "work" / "array-x.json"
+    manifest.parent.mkdir(exist_ok=True)
+    manifest.write_text(json.dumps({"tasks": [manifest_task(job) for job in jobs]}))
+    script = array_script(manifest=str(manifest), directives=["#SBATCH -N 1"], python=sys.executable)
+    env = {"PATH": os.environ["PATH"], "SLURM_ARRAY_JOB_ID": "42", "SLURM_ARRAY_TASK_ID": str(task)}
+    return subprocess.run(["bash"], input=script, capture_output=True, text=True, env=env, timeout=30)
+
+
+def test_an_array_task_runs_the_member_at_its_index_intact(tmp_path):
+    tricky = [*TRICKY, "new\nline", "", "*", "~", "ünï"]
+    printer = "import json, os, sys; print(json.dumps([sys.argv[1:], os.getcwd(), os.environ['MSG']]))"
+    jobs = [_member(tmp_path, "a", ["sh", "-c", "echo first; exit 9"]),
+            _member(tmp_path, "b", [sys.executable, "-c", f"{printer}; sys.exit(3)", *tricky], folder="it's 50% $b",
+                    env={"MSG": "it's $HOME `id`\nmore"}, stdout="both.log", stderr="both.log")]
+    before = time.time()
+    result = _run_array_task(tmp_path, jobs, 1)
+    assert result.returncode == 3 and result.stdout == "" and result.stderr == ""  # all went to the member's file
+    assert json.loads(Path(jobs[1].cwd, "both.log").read_text()) == [tricky, jobs[1].cwd, "it's $HOME `id`\nmore"]
+    record = read_status_file(f"{jobs[1].cwd}/both.log.status", "b")
+    assert record["job_id"] == "42_1" and record["returncode"] == 3
+    assert before <= record["started"] <= record["ended"] <= time.time()
+    assert not Path(jobs[0].cwd, "m_a.out").exists()
+
+
+def test_an_array_task_without_a_member_fails_and_says_why(tmp_path):
+    result = _run_array_task(tmp_path, [_member(tmp_path, "a", ["true"])], 5)
+    assert result.returncode == 1
+    assert "task 42_5 has no member in" in result.stderr
+
+
+def test_the_array_script_has_the_batch_settings_and_reads_its_manifest():
+    script = array_script(manifest="/w/it's/array-x.json", directives=format_batch_directives({"N": 3}))
+    assert script.startswith("#!/bin/bash\n#SBATCH -N 3\n")
+    assert "flotilla_manifest='/w/it'\"'\"'s/array-x.json'" in script
+    assert "readarray -d '' flotilla_fields < <(python3 -c " in script
+
+
+# --- batch ensembles: the script -------------------------------------------------------------------
+
+
+FAKE_SRUN = r"""#!/bin/bash
+# srun inside an allocation, for the script's tests: the options say where the output goes
+while [[ $1 == -* ]]; do
+  case $1 in --output=*) out=${1#--output=} ;; --error=*) err=${1#--error=} ;; esac
+  echo "$1" >> "${FAKE_SRUN_LOG:?}"
+  shift
+done
+export SLURM_STEP_ID=$(( $(ls "$(dirname "$FAKE_SRUN_LOG")" | wc -l) )) SLURM_PROCID=0
+exec "$@" >"$out" 2>"$err"
+"""
+
+
+def _run_batch_script(tmp_path, jobs, *, cancelled=()):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "srun").write_text(FAKE_SRUN)
+    (bin_dir / "srun").chmod(0o755)
+    journal = tmp_path / "slurm.journal"
+    journal.write_text("".join(json.dumps({"key": key, "cancelled": 1.0}, separators=(",", ":")) + "\n"
+                               for key in cancelled))
+    script = batch_job_script(jobs, journal=str(journal), directives=["#SBATCH --ntasks=3"])
+    (tmp_path / "steps").mkdir()
+    env = {"PATH": f"{bin_dir}:{os.environ['PATH']}", "SLURM_JOB_ID": "77", "SLURM_NTASKS": "3",
+           "FAKE_SRUN_LOG": str(tmp_path / "steps" / "log")}
+    return subprocess.run(["bash"], input=script, capture_output=True, text=True, env=env, timeout=30), script
+
+
+def test_the_batch_script_has_smartsims_shape():
+    jobs = [JobSpec(key=str(i), name=f"ens_{i}", argv=["sim", f"--LR=0.{i}"], cwd=f"/exp/ens/ens_{i}",
+                    resources={"run_args": {"nodes": 1, "n": 4}}) for i in range(2)]
+    script = batch_job_script(jobs, journal="/w/slurm.journal",
+                              directives=format_batch_directives(batch_options({"time": "25:00:00",
+                                                                                "batch_args": {"exclusive": None, "N": 3}})))
+    lines = script.splitlines()
+    assert lines[:4] == ["#!/bin/bash", "#SBATCH --exclusive", "#SBATCH -N 3", "#SBATCH --time=1-01:00:00"]
+    members = [line for line in lines if line.startswith("flotilla_member ")]
+    assert len(members) == 2 and all(line.endswith(" &") for line in members)
+    assert "srun --exact --job-name=ens_0 --nodes=1 -n 4 --output=/exp/ens/ens_0/ens_0.out" in members[0]
+    assert members[0].endswith("'\"0\"' /exp/ens/ens_0/ens_0.out.status /w/slurm.journal sim --LR=0.0 &")
+    assert lines[-1] == "until wait; do :; done"
+
+
+def test_the_batch_script_runs_every_member_as_a_step_with_its_own_status(tmp_path):
+    printer = "import json, os, sys; print(json.dumps([sys.argv[1:], os.getcwd(), os.environ['MSG'], os.environ.get('SLURM_NTASKS')]))"
+    jobs = [_member(tmp_path, "ok", [sys.executable, "-c", printer, *TRICKY], folder="it's a $folder",
+                    env={"MSG": "it's $HOME `id`"}),
+            _member(tmp_path, "bad", ["sh", "-c", "echo oops >&2; exit 3"]),
+            _member(tmp_path, "gone", ["sh", "-c", "echo ran"])]
+    result, _ = _run_batch_script(tmp_path, jobs, cancelled=["gone"])
+    assert result.returncode == 0, result.stderr
+    assert json.loads(Path(jobs[0].cwd, "m_ok.out").read_text()) == [TRICKY, jobs[0].cwd, "it's $HOME `id`", None]
+    assert Path(jobs[1].cwd, "m_bad.err").read_text() == "oops\n"
+    assert Path(jobs[2].cwd, "m_gone.out").read_text() == ""  # cancelled before its step started: never ran
+    ok, bad, gone = (read_status_file(status_file(job), job.key) for job in jobs)
+    assert ok["job_id"] == "77" and ok["step"].startswith("77.") and isinstance(ok["pid"], int)
+    assert ok["started"] <= ok["ended"] and ok["returncode"] == 0
+    assert bad["returncode"] == 3 and gone["returncode"] == 143
+    assert status_from_file(gone, job_id="77", cancelled=True).state == JobState.CANCELLED
+
+
+# --- the launcher's arrays and batch jobs against a fake Slurm --------------------------------------
+
+
+class FakeArraySlurm(SlurmLauncher):
+    """A fake Slurm with job arrays (a row per task with -r, or one collapsed line) and batch
+    jobs; records every command and script."""
+
+    def __init__(self, work_dir, **options):
+        super().__init__(work_dir=work_dir, env={"SLURM_CONF": "/x/slurm.conf"}, base_env={}, **options)
+        self.calls, self.scripts = [], []
+        self.jobs = {}  # job or task id -> [state, exit status, comment]
+        self.arrays = {}  # array id -> its task ids
+        self.collapsed = False  # squeue without -r: pending tasks as one line
+        self.next_id = 100
+
+    def run_command(self, argv, *, input=None):
+        self.calls.append(argv)
+        done = lambda out="", code=0, err="": subprocess.CompletedProcess(argv, code, out, err)  # noqa: E731
+        options = dict(arg[2:].split("=", 1) for arg in argv[1:] if arg.startswith("--") and "=" in arg)
+        if argv[0] == "sbatch":
+            self.scripts.append(input)
+            job_id, self.next_id = str(self.next_id), self.next_id + 1
+            if "array" in options:
+                last = int(options["array"].split("-")[1].split("%")[0])
+                self.arrays[job_id] = [f"{job_id}_{task}" for task in range(last + 1)]
+            for task_id in self.arrays.get(job_id, [job_id]):
+                self.jobs[task_id] = ["PENDING", 0, options["comment"]]
+            return done(f"{job_id}\n")
+        if argv[0] == "squeue":
+            if "-j" not in argv:
+                return done("".join(f"{self._shown(job_id)}|{comment}|\n" for job_id, (_, _, comment) in self.jobs.items()))
+            lines = []
+            for wanted in argv[argv.index("-j") + 1].split(","):
+                known = [task for task in self.arrays.get(wanted, [wanted]) if task in self.jobs]
+                if self.collapsed and wanted in self.arrays and known:
+                    lines.append(f"{wanted}_[0-{len(known) - 1}%2]|PENDING|0|N/A|N/A|JobArrayTaskLimit|\n")
+                    continue
+                lines += [f"{job_id}|{self.jobs[job_id][0]}|{self.jobs[job_id][1]}|N/A|N/A|Resources|\n" for job_id in known]
+            return done("".join(lines)) if lines else done(code=1, err="slurm_load_jobs error: Invalid job id specified")
+        if argv[0] == "scontrol":
+            return done(code=1, err="slurm_load_jobs error: Invalid job id specified")
+        if argv[0] == "scancel":
+            for job_id in argv[1:]:
+                for task_id in self.arrays.get(job_id, [job_id]):
+                    if task_id in self.jobs:
+                        self.jobs[task_id][:2] = ["CANCELLED", 15]
+            return done()
+        raise AssertionError(argv)
+
+    def _shown(self, job_id):
+        array_id = job_id.split("_")[0]
+        return f"{array_id}_[0-9]" if self.collapsed and array_id in self.arrays else job_id
+
+    def sbatches(self):
+        return [argv for argv in self.calls if argv[0] == "sbatch"]
+
+
+def test_1000_members_are_one_array_one_sbatch_and_one_squeue(tmp_path):
+    slurm = FakeArraySlurm(tmp_path / "work")
+    jobs = _jobs(tmp_path, 1000)
+    slurm.submit_array(jobs, group="run-1", concurrency=10, name="sweep")
+    [sbatch] = slurm.sbatches()
+    assert "--array=0-999%10" in sbatch and "--job-name=sweep" in sbatch and "--open-mode=append" in sbatch
+    comment = next(arg for arg in sbatch if arg.startswith("--comment="))
+    assert comment.startswith("--comment=flotilla-job:")
+    manifest = tmp_path / "work" / f"array-{comment.rsplit(':', 1)[1]}.json"
+    assert [task["key"] for task in json.loads(manifest.read_text())["tasks"]] == [str(i) for i in range(1000)]
+    assert f"flotilla_manifest={manifest}\n" in slurm.scripts[0]
+
+    slurm.calls.clear()
+    found = slurm.status([str(i) for i in range(1000)])
+    [squeue] = slurm.calls
+    assert squeue[squeue.index("-j") + 1] == "100" and "-r" in squeue  # the array's own id: a row per task
+    assert found["999"].job_id == "100_999"
+    assert {(status.state, status.reason) for status in found.values()} == {(JobState.QUEUED, "Resources")}
+    slurm.collapsed = True  # as squeue shows pending tasks without -r: 100_[0-999%2]
+    assert {status.reason for status in slurm.status([str(i) for i in range(1000)]).values()} == {"JobArrayTaskLimit"}
+
+
+def test_an_array_over_max_array_size_is_split_and_a_throttled_one_runs_after_the_other(tmp_path):
+    slurm = FakeArraySlurm(tmp_path / "work", max_array_size=3)
+    slurm.submit_array(_jobs(tmp_path, 5), group="g", concurrency=2)
+    first, second = slurm.sbatches()
+    assert "--array=0-2%2" in first and not any(arg.startswith("--dependency") for arg in first)
+    assert "--array=0-1" in second and "--dependency=afterany:100" in second
+    assert [slurm.status([str(i)])[str(i)].job_id for i in range(5)] == ["100_0", "100_1", "100_2", "101_0", "101_1"]
+
+    free = FakeArraySlurm(tmp_path / "free", max_array_size=3)
+    free.submit_array(_jobs(tmp_path, 5), group="g")  # no throttle: side by side
+    assert [[arg for arg in argv if arg.startswith(("--array", "--dependency"))] for argv in free.sbatches()] == [
+        ["--array=0-2"], ["--array=0-1"]]
+
+
+def test_the_members_of_an_array_must_share_their_resources(tmp_path):
+    slurm = FakeArraySlurm(tmp_path / "work")
+    jobs = _jobs(tmp_path, 2)
+    jobs[1].resources = {"time": "10"}
+    with pytest.raises(SlurmOptionError, match="must share their resources"):
+        slurm.submit_array(jobs, group="g")
+    with pytest.raises(SlurmOptionError, match="concurrency must be at least 1"):
+        slurm.submit_array(_jobs(tmp_path, 2), group="g", concurrency=0)
+    assert slurm.calls == []
+
+
+def _intents_only(work):
+    journal = work / "slurm.journal"
+    journal.write_text("".join(line + "\n" for line in journal.read_text().splitlines() if "submitting" in line))
+
+
+def test_a_retried_array_finds_its_array_by_the_token_in_its_comment(tmp_path):
+    slurm = FakeArraySlurm(tmp_path / "work", max_array_size=2)
+    jobs = _jobs(tmp_path, 3)
+    slurm.submit_array(jobs, group="g", name="a,b")  # a name with a comma: looked up without --name
+    _intents_only(tmp_path / "work")  # the submitter died after each sbatch
+    again = FakeArraySlurm(tmp_path / "work")
+    again.jobs, again.arrays, again.collapsed = slurm.jobs, slurm.arrays, True
+    assert again.unstarted(jobs) == []
+    again.submit_array(jobs, group="g", name="a,b")
+    assert again.sbatches() == []
+    assert [again.status([job.key])[job.key].job_id for job in jobs] == ["100_0", "100_1", "101_0"]
+
+
+def test_a_retried_array_slurm_forgot_is_found_by_a_tasks_status_file(tmp_path):
+    slurm = FakeArraySlurm(tmp_path / "work")
+    jobs = _jobs(tmp_path, 3)
+    slurm.submit_array(jobs, group="g")
+    _intents_only(tmp_path / "work")
+    Path(jobs[1].cwd).mkdir()
+    Path(status_file(jobs[1])).write_text('{"key":"1","job_id":"100_1","started":5.0}\n')
+    again = FakeArraySlurm(tmp_path / "work")  # squeue knows no job (MinJobAge went by)
+    again.submit_array(jobs, group="g")
+    assert again.sbatches() == []
+    assert again.records()["2"]["job_id"] == "100_2"  # the whole array went out with the task that ran
+
+
+def test_cancel_of_an_array_task_is_scancel_of_that_task_and_it_stays_cancelled(tmp_path):
+    slurm = FakeArraySlurm(tmp_path / "work")
+    jobs = _jobs(tmp_path, 3)
+    slurm.submit_array(jobs, group="g")
+    slurm.cancel([jobs[1]], group="g")
+    assert slurm.calls[-1] == ["scancel", "100_1"]
+    del slurm.jobs["100_1"]  # a pending task cancelled alone leaves no trace in Slurm
+    states = slurm.status(["0", "1"])
+    assert (states["0"].state, states["1"].state) == (JobState.QUEUED, JobState.CANCELLED)
+
+
+def _batch(tmp_path, count=3):
+    slurm = FakeArraySlurm(tmp_path / "work")
+    jobs = _jobs(tmp_path, count)
+    for job in jobs:
+        Path(job.cwd).mkdir()
+    slurm.submit_batch(jobs, group="g", batch={"nodes": 1, "batch_args": {"ntasks": count}}, name="ens")
+    return slurm, jobs
+
+
+def _record(job, **fields):
+    with open(status_file(job), "a") as handle:
+        handle.write(json.dumps({"key": job.key, "job_id": "100", **fields}) + "\n")
+
+
+def test_a_batch_ensemble_is_one_sbatch_and_its_members_share_the_job(tmp_path):
+    slurm, jobs = _batch(tmp_path)
+    [sbatch] = slurm.sbatches()
+    assert "--job-name=ens" in sbatch and sbatch[-1].startswith("--comment=flotilla-job:")
+    assert slurm.scripts[0].count("\nflotilla_member ") == 3
+    assert "#SBATCH --ntasks=3\n#SBATCH --nodes=1\n" in slurm.scripts[0]
+    slurm.calls.clear()
+    states = slurm.status(["0", "1", "2"])
+    assert [argv[0] for argv in slurm.calls] == ["squeue"]
+    assert {(status.state, status.job_id, status.reason) for status in states.values()} == {
+        (JobState.QUEUED, "100", "Resources")}
+
+
+def test_batch_members_have_their_own_states_inside_the_job(tmp_path):
+    slurm, (started, ended, waiting) = _batch(tmp_path)
+    slurm.jobs["100"][0] = "RUNNING"
+    _record(started, step="100.0", pid=5, started=10.0)
+    _record(ended, step="100.1", pid=6, started=10.0)
+    _record(ended, ended=12.0, returncode=3, terminated=False)
+    states = slurm.status(["0", "1", "2"])
+    assert (states["0"].state, states["0"].started) == (JobState.RUNNING, 10.0)
+    assert (states["1"].state, states["1"].returncode, states["1"].ended) == (JobState.FAILED, 3, 12.0)
+    assert (states["2"].state, states["2"].reason) == (JobState.QUEUED, "waiting for a step of job 100")
+
+    slurm.jobs["100"][0] = "COMPLETED"  # it ended, and two members left no exit status
+    states = slurm.status(["0", "2"])
+    assert {status.state for status in states.values()} == {JobState.LOST}
+    assert states["0"].error == "batch job 100 ended and the member left no exit status"
+
+
+def test_batch_members_the_job_ended_early_fail_with_its_reason(tmp_path):
+    slurm, (killed, unstarted) = _batch(tmp_path, 2)
+    _record(killed, step="100.0", pid=5, started=10.0)
+    _record(killed, ended=12.0, returncode=143, terminated=False)  # its step was signalled, not its wrapper
+    slurm.jobs["100"][0] = "COMPLETING"
+    assert slurm.status(["0"])["0"].state == JobState.RUNNING  # the job's final state says why, in a moment
+    slurm.jobs["100"][0] = "TIMEOUT"
+    states = slurm.status(["0", "1"])
+    assert {(status.state, status.error) for status in states.values()} == {(JobState.FAILED, "time limit")}
+    assert states["0"].signal == 15
+    slurm.jobs.clear()  # Slurm forgot the job
+    assert slurm.status(["1"])["1"].state == JobState.LOST
+
+
+def test_cancel_of_a_batch_member_is_its_step_and_of_all_members_the_job(tmp_path):
+    slurm, jobs = _batch(tmp_path)
+    slurm.jobs["100"][0] = "RUNNING"
+    _record(jobs[0], step="100.2", pid=5, started=time.time() - 5)
+    slurm.cancel([jobs[0], jobs[1]], group="g")
+    assert slurm.calls[-1] == ["scancel", "100.2"]  # the member not started yet: its step gives up when it starts
+    states = slurm.status(["0", "1", "2"])
+    assert [states[key].state for key in "012"] == [JobState.RUNNING, JobState.CANCELLED, JobState.QUEUED]
+    _record(jobs[0], ended=time.time(), returncode=137, terminated=False)
+    assert slurm.status(["0"])["0"].state == JobState.CANCELLED
+    slurm.cancel([jobs[2]], group="g")
+    assert slurm.calls[-1] == ["scancel", "100"]  # every member cancelled: the whole job
+
+
+def test_a_retried_batch_submission_finds_its_job(tmp_path):
+    slurm, jobs = _batch(tmp_path)
+    _intents_only(tmp_path / "work")
+    again = FakeArraySlurm(tmp_path / "work")
+    again.jobs = slurm.jobs
+    again.submit_batch(jobs, group="g", batch={"nodes": 1}, name="ens")
+    assert again.sbatches() == []
+    assert {status.job_id for status in again.status(["0", "1", "2"]).values()} == {"100"}
+
+
+def test_lookup_finds_arrays_and_batch_jobs_by_their_token():
+    text = "100_[3-9%2]|flotilla-job:abc|\n100_1|flotilla-job:abc|\n101|flotilla-job:def|\n102|flotilla:7|\n"
+    assert parse_lookup(text, GROUP_COMMENT_PREFIX) == {"abc": "100", "def": "101"}
+    assert parse_lookup(text) == {"7": "102"}
