@@ -80,7 +80,7 @@ def read_site_limits(cluster) -> dict[str, int]:
 def _slurm_launcher(run: Run) -> SlurmLauncher:
     if run.run_as:
         raise LauncherError("Slurm members cannot run as their owner's account yet (FLOTILLA_RUN_AS=user).")
-    return SlurmLauncher(work_dir=run.work_dir, env=run.cluster.env)
+    return SlurmLauncher(work_dir=run.work_dir, env=run.cluster.env, max_array_size=run.cluster.max_array_size or 1001)
 
 
 # What job_spec reads of a member (with files_key and status): load members with .only(*JOB_FIELDS).

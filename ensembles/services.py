@@ -678,8 +678,25 @@ def _submit_members(run: Run, launcher, members: list[MemberRun]) -> None:
     # A job some runner already claimed (this submission is a retry) is not handed over again.
     ready = launcher.unstarted(_generating_jobs(run, members, roots))
     if ready:
-        launcher.submit(ready, group=str(run.pk), concurrency=run.concurrency)
+        _hand_over(run, launcher, ready, members)
     _mark_queued(run, members)
+
+
+def _hand_over(run: Run, launcher, jobs: list[JobSpec], members: list[MemberRun]) -> None:
+    """A local runner takes the jobs as they come. A scheduler that makes job arrays gets
+    each ensemble's generated members as arrays (they share their resources: SmartSim's
+    shape, and one sbatch where there would be thousands), the others job by job."""
+    if not hasattr(launcher, "submit_array"):
+        launcher.submit(jobs, group=str(run.pk), concurrency=run.concurrency)
+        return
+    generated = {str(m.pk): m.entity for m in members if m.kind == MemberKind.GENERATED}
+    arrays: dict[str, list[JobSpec]] = {}
+    for job in jobs:
+        if job.key in generated:
+            arrays.setdefault(generated[job.key], []).append(job)
+    for entity, array in arrays.items():
+        launcher.submit_array(array, group=str(run.pk), concurrency=run.concurrency, name=f"{run.experiment_id}-{run.number}-{entity}")
+    launcher.submit([job for job in jobs if job.key not in generated], group=str(run.pk), concurrency=run.concurrency)
 
 
 def _generating_jobs(run: Run, members: list[MemberRun], roots: list[str]) -> list[JobSpec]:

@@ -16,7 +16,8 @@ PROGRAM = """
 import json, sys
 n = int(sys.argv[-1])
 json.dump({"square": n * n}, open("results.json", "w"))
-print("member", n, "on", __import__("os").environ.get("SLURM_JOB_ID", "no job"))
+env = __import__("os").environ
+print("member", n, "on", env.get("SLURM_ARRAY_JOB_ID", "no job") + "_" + env.get("SLURM_ARRAY_TASK_ID", ""))
 sys.exit(3 if n == 3 else 0)
 """
 
@@ -40,9 +41,9 @@ def test_one_ensemble_runs_locally_and_on_slurm_by_changing_the_cluster(stack, s
         assert (run.launcher, run.cluster) == (cluster.scheduler, cluster)
         members = wait_for(lambda: _finished(run), timeout=90, message=f"the run on {cluster} finished")
         outcomes[cluster.scheduler] = [(m.status, m.returncode, m.results) for m in members]
-        if cluster == hpc:
-            assert all(m.job_id.isdigit() for m in members), [m.job_id for m in members]
-            assert "on " + members[0].job_id in open(members[0].stdout).read()
+        if cluster == hpc:  # the ensemble went out as one job array, a task per member
+            assert len({m.job_id.partition("_")[0] for m in members}) == 1, [m.job_id for m in members]
+            assert all("on " + m.job_id in open(m.stdout).read() for m in members)
     expected = [("Completed", 0, {"square": 1.0}), ("Completed", 0, {"square": 4.0}), ("Failed", 3, None)]
     assert outcomes == {"local": expected, "slurm": expected}
 
