@@ -69,8 +69,10 @@ def test_browse_pick_and_attach_a_server_file(ensemble_page, files_root, screens
     expect(rows).to_have_count(1)
     expect(rows.nth(0)).to_contain_text("readme.txt")
     expect(query).to_be_focused()  # still typing after the swap
+    htmx_settled(page)  # the swapped-in filter listens once htmx has settled it
     query.press_sequentially("x")
     expect(browser).to_contain_text("Nothing here matches “reax”.")
+    htmx_settled(page)
     query.fill("")
     expect(rows).to_have_count(3)
     htmx_settled(page)
