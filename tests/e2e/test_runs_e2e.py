@@ -51,7 +51,7 @@ def test_launch_the_demo_and_watch_it_finish_live(logged_in, backend, accept_dia
     expect(first_row).to_have_text("Completed")
     expect(page.locator("#plot-scatter .main-svg").first).to_be_visible(timeout=15_000)
     # after the last change the plots catch up: the scatter shows a result against a parameter
-    expect(page.locator("#plot-axes select[name=y]")).to_have_value("energy", timeout=10_000)
+    expect(page.locator("#plot-axes select[name=y]")).to_have_value("energy", timeout=30_000)
     screenshot("run-completed")
 
     page.locator("tr[id^=member-] a").first.click()
