@@ -16,8 +16,6 @@ scheduler's name added (``sweep_0.out.pbs``): they hold only what the wrapper pr
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import json
 import os
 import re
@@ -25,14 +23,14 @@ import shlex
 import subprocess
 import time
 from abc import abstractmethod
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from . import slurm
 from .base import JobSpec, JobState, JobStatus, Launcher, LauncherError, collect_results, run_hook
 from .local import member_base_env
-from .slurm import COMMAND_TIMEOUT, IDS_PER_CALL, read_status_file, status_file
+from .slurm import COMMAND_TIMEOUT, IDS_PER_CALL, Journalled, read_status_file, status_file
 
 RESOURCE_KEYS = ("nodes", "time", "account", "queue", "batch_args")
 
@@ -200,7 +198,7 @@ def error_lines(stderr: str, tolerated: re.Pattern) -> tuple[list[str], list[str
 # --- the launcher -----------------------------------------------------------------------
 
 
-class BatchLauncher(Launcher):
+class BatchLauncher(Journalled, Launcher):
     """Members as batch jobs, one each, on the cluster that ``env`` points at.
     ``command_prefix`` (e.g. ``["sudo", "-n", "-u", account, "--"]``) runs every command
     as another account; the environment then goes through ``env`` after the prefix,
@@ -223,9 +221,7 @@ class BatchLauncher(Launcher):
         self.command_env = {**(member_base_env() if base_env is None else base_env), **(env or {})}
         self.command_prefix = list(command_prefix)
         self.timeout = timeout
-        self.journal_path = self.work_dir / f"{self.name}.journal"
-        self._journal_offset = 0
-        self._records: dict[str, dict[str, Any]] = {}
+        self._open_journal(self.work_dir / f"{self.name}.journal", self.work_dir / f"{self.name}.lock")
 
     # --- what each scheduler gives ------------------------------------------------
 
@@ -277,41 +273,6 @@ class BatchLauncher(Launcher):
     def failure(result: subprocess.CompletedProcess, what: str, lines: Sequence[str] = ()) -> LauncherError:
         output = "\n".join(lines) or result.stderr.strip() or result.stdout.strip()
         return LauncherError(f"{what} failed (exit {result.returncode}): {output}")
-
-    # --- the journal -----------------------------------------------------------
-
-    def records(self) -> dict[str, dict[str, Any]]:
-        """Every key's journal entries merged (what was appended since the last call is read)."""
-        try:
-            with open(self.journal_path, "rb") as journal:
-                journal.seek(self._journal_offset)
-                data = journal.read()
-        except FileNotFoundError:
-            return self._records
-        complete = data.rfind(b"\n") + 1  # a line being written is read next time
-        for line in data[:complete].splitlines():
-            try:
-                entry = json.loads(line)
-                self._records.setdefault(str(entry.pop("key")), {}).update(entry)
-            except (ValueError, KeyError, AttributeError):
-                continue
-        self._journal_offset += complete
-        return self._records
-
-    def _append(self, journal, entries: Iterable[dict[str, Any]]) -> None:
-        journal.write("".join(json.dumps(entry, separators=(",", ":")) + "\n" for entry in entries))
-        journal.flush()  # in the kernel's hands before the next command: a dead submitter loses nothing
-
-    @contextlib.contextmanager
-    def _journal(self):
-        """The journal for appending, with the run's lock held (one submitter or canceller at a time)."""
-        self.work_dir.mkdir(parents=True, exist_ok=True)
-        with open(self.work_dir / f"{self.name}.lock", "a") as lock, open(self.journal_path, "a") as journal:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            try:
-                yield journal
-            finally:
-                os.fsync(journal.fileno())
 
     # --- submitting --------------------------------------------------------------
 

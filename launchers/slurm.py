@@ -721,7 +721,50 @@ def status_from_file(record: Mapping[str, Any], *, job_id: str | None, cancelled
 # --- the launcher -----------------------------------------------------------------------
 
 
-class SlurmLauncher(Launcher):
+class Journalled:
+    """A scheduler launcher's journal of JSON lines in its work folder, read incrementally
+    and appended to under the run's lock: what went out as which job, survives a dead submitter."""
+
+    def _open_journal(self, journal_path: Path, lock_path: Path) -> None:
+        self.journal_path, self.lock_path = journal_path, lock_path
+        self._journal_offset = 0
+        self._records: dict[str, dict[str, Any]] = {}
+
+    def records(self) -> dict[str, dict[str, Any]]:
+        """Every key's journal entries merged (what was appended since the last call is read)."""
+        try:
+            with open(self.journal_path, "rb") as journal:
+                journal.seek(self._journal_offset)
+                data = journal.read()
+        except FileNotFoundError:
+            return self._records
+        complete = data.rfind(b"\n") + 1  # a line being written is read next time
+        for line in data[:complete].splitlines():
+            try:
+                entry = json.loads(line)
+                self._records.setdefault(str(entry.pop("key")), {}).update(entry)
+            except (ValueError, KeyError, AttributeError):
+                continue
+        self._journal_offset += complete
+        return self._records
+
+    def _append(self, journal, entries: Iterable[dict[str, Any]]) -> None:
+        journal.write("".join(json.dumps(entry, separators=(",", ":")) + "\n" for entry in entries))
+        journal.flush()  # in the kernel's hands before the next command: a dead submitter loses nothing
+
+    @contextlib.contextmanager
+    def _journal(self):
+        """The journal for appending, with the run's lock held (one submitter or canceller at a time)."""
+        self.work_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.lock_path, "a") as lock, open(self.journal_path, "a") as journal:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                yield journal
+            finally:
+                os.fsync(journal.fileno())
+
+
+class SlurmLauncher(Journalled, Launcher):
     """Members as Slurm jobs on the cluster that ``env`` points at (``SLURM_CONF``): a job
     each (``submit``), array tasks (``submit_array``) or the steps of one batch job
     (``submit_batch``). ``command_prefix`` (e.g. ``["sudo", "-n", "-u", account, "--"]``)
@@ -752,8 +795,7 @@ class SlurmLauncher(Launcher):
         self.timeout = timeout
         self.max_array_size = max_array_size
         self.python = python
-        self._journal_offset = 0
-        self._records: dict[str, dict[str, Any]] = {}
+        self._open_journal(self.work_dir / JOURNAL_FILE, self.work_dir / LOCK_FILE)
 
     # --- commands --------------------------------------------------------------
 
@@ -774,41 +816,6 @@ class SlurmLauncher(Launcher):
             output = result.stderr.strip() or result.stdout.strip()
             raise LauncherError(f"{what} failed (exit {result.returncode}): {output}")
         return result
-
-    # --- the journal -----------------------------------------------------------
-
-    def records(self) -> dict[str, dict[str, Any]]:
-        """Every key's journal entries merged (what was appended since the last call is read)."""
-        try:
-            with open(self.work_dir / JOURNAL_FILE, "rb") as journal:
-                journal.seek(self._journal_offset)
-                data = journal.read()
-        except FileNotFoundError:
-            return self._records
-        complete = data.rfind(b"\n") + 1  # a line being written is read next time
-        for line in data[:complete].splitlines():
-            try:
-                entry = json.loads(line)
-                self._records.setdefault(str(entry.pop("key")), {}).update(entry)
-            except (ValueError, KeyError, AttributeError):
-                continue
-        self._journal_offset += complete
-        return self._records
-
-    def _append(self, journal, entries: Iterable[dict[str, Any]]) -> None:
-        journal.write("".join(json.dumps(entry, separators=(",", ":")) + "\n" for entry in entries))
-        journal.flush()  # in the kernel's hands before the next command: a dead submitter loses nothing
-
-    @contextlib.contextmanager
-    def _journal(self):
-        """The journal for appending, with the run's lock held (one submitter or canceller at a time)."""
-        self.work_dir.mkdir(parents=True, exist_ok=True)
-        with open(self.work_dir / LOCK_FILE, "a") as lock, open(self.work_dir / JOURNAL_FILE, "a") as journal:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            try:
-                yield journal
-            finally:
-                os.fsync(journal.fileno())
 
     # --- submitting --------------------------------------------------------------
 
@@ -887,7 +894,7 @@ class SlurmLauncher(Launcher):
         if not jobs:
             return
         directives = format_batch_directives(batch_options(batch or {}))
-        journal_path = str(self.work_dir / JOURNAL_FILE)
+        journal_path = str(self.journal_path)
         batch_job_script(jobs, journal=journal_path)  # a bad member refuses all, before any sbatch
         name = name or group
         with self._journal() as journal:
