@@ -204,3 +204,13 @@ def test_editing_the_experiment_between_launches_keeps_its_run_numbers(alice, al
     finish(launch(alice, experiment))
     services.experiment_update(experiment=stale, name="heat", description="edited", cluster=stale.cluster)
     assert launch(alice, experiment).number == 3
+
+
+@pytest.mark.parametrize("persona", ["bob_client", "charlie_client"])
+def test_another_user_can_neither_see_nor_delete_a_run(request, persona, alice, experiment, ensemble):
+    run = launch(alice, experiment)
+    finish(run)
+    client = request.getfixturevalue(persona)
+    assert client.get(reverse("ensembles:run_delete", args=[run.pk])).status_code == 404
+    assert client.post(reverse("ensembles:run_delete", args=[run.pk])).status_code == 404
+    assert Run.objects.filter(pk=run.pk, deleting=False).exists()
